@@ -1,0 +1,175 @@
+"""Image-quality metrics with the reference code's conventions (PAPER.md section 9).
+
+Outputs are clamped to [0, 1] and rounded to uint8 before anything is measured; PSNR and SSIM
+then work in float64 on the 0-255 scale, after cutting `crop_border` pixels from every side of
+both images. `y=True` measures the BT.601 luma channel instead of RGB (the paper's deraining
+numbers). Only numpy and torch are needed; LPIPS is optional (`lpips_or_none`).
+"""
+import functools
+import math
+import os
+
+import numpy as np
+import torch
+
+C1 = (0.01 * 255) ** 2  # SSIM stabilisers for a 255 peak (PAPER.md section 9)
+C2 = (0.03 * 255) ** 2
+WINDOW = 11  # SSIM Gaussian window size and width
+SIGMA = 1.5
+LPIPS_SKIPPED = "LPIPS skipped: the lpips package (and its AlexNet weights) is not installed"
+
+
+def to_uint8(img):
+    """Float (3,H,W) image in [0,1] (tensor or array) -> HxWxC uint8 array (PAPER.md section 9).
+
+    Like the reference's tensor2img: float32, clamp to [0, 1], then (x * 255).round() with numpy's
+    round-half-to-even. Also accepts (1,3,H,W), (1,H,W) or (H,W) floats, and HxW / HxWx1 / HxWx3
+    uint8 arrays, which pass through unchanged (HxW becomes HxWx1).
+    """
+    if isinstance(img, torch.Tensor):
+        if not img.is_floating_point():
+            raise ValueError(f"metrics.py: tensor images must be float in [0, 1], got {img.dtype}")
+        img = img.detach().cpu().float().numpy()
+    img = np.asarray(img)
+    if img.dtype == np.uint8:
+        if img.ndim == 2:
+            img = img[:, :, None]
+        if img.ndim != 3 or img.shape[2] not in (1, 3):
+            raise ValueError(f"metrics.py: uint8 images must be HxW or HxWx(1|3), got {img.shape}")
+        return img
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f"metrics.py: images must be float in [0, 1] or uint8, got {img.dtype}")
+    if img.ndim == 4 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim == 2:
+        img = img[None]
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"metrics.py: float images must be (3,H,W) or (1,H,W), got {img.shape}")
+    if np.isnan(img).any():
+        raise ValueError("metrics.py: image contains NaN")
+    x = np.clip(img.astype(np.float32), 0, 1).transpose(1, 2, 0)
+    return np.round(x * np.float32(255)).astype(np.uint8)
+
+
+def rgb_to_y(img_uint8):
+    """BT.601 luma, MATLAB style, float64 HxW on the 0-255 scale (PAPER.md section 9).
+
+    Y = 16 + 65.481 R + 128.553 G + 24.966 B with R, G, B = uint8 / 255, not re-rounded: the
+    reference's bgr2ycbcr(img / 255., only_y=True) * 255 (it feeds BGR and orders the weights
+    to match; here the input is RGB).
+    """
+    rgb = to_uint8(img_uint8)
+    if rgb.shape[2] != 3:
+        raise ValueError(f"metrics.py: rgb_to_y needs an RGB image, got {rgb.shape}")
+    rgb = rgb.astype(np.float64) / 255.0
+    return 16.0 + rgb @ np.array([65.481, 128.553, 24.966])
+
+
+def _prepare(a, b, crop_border, y):
+    """Both images as float64 HxWxC on 0-255: uint8 rounding, optional luma, border crop."""
+    a, b = to_uint8(a), to_uint8(b)
+    if a.shape != b.shape:
+        raise ValueError(f"metrics.py: image shapes differ: {a.shape} vs {b.shape}")
+    if y and a.shape[2] == 3:  # a one-channel image already is luma (the reference does the same)
+        a, b = rgb_to_y(a)[..., None], rgb_to_y(b)[..., None]
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    c = int(crop_border)
+    if c < 0 or 2 * c >= min(a.shape[:2]):
+        raise ValueError(f"metrics.py: crop_border={crop_border} invalid for image {a.shape}")
+    if c:
+        a, b = a[c:-c, c:-c], b[c:-c, c:-c]
+    return a, b
+
+
+def psnr(a, b, crop_border=4, y=False):
+    """PSNR in dB with peak 255 in float64 (PAPER.md section 9); inf for identical images."""
+    a, b = _prepare(a, b, crop_border, y)
+    mse = np.mean((a - b) ** 2)
+    if mse == 0:
+        return float("inf")
+    return 20 * math.log10(255.0 / math.sqrt(mse))
+
+
+@functools.cache
+def _gaussian_1d():
+    """Normalised 1-D Gaussian of WINDOW taps (as cv2.getGaussianKernel(11, 1.5))."""
+    k = np.arange(WINDOW) - WINDOW // 2
+    g = np.exp(-(k**2) / (2 * SIGMA**2))
+    return g / g.sum()
+
+
+def _filter_valid(img):
+    """'Valid' correlation of HxW float64 `img` with the 11x11 Gaussian, done separably."""
+    g = _gaussian_1d()
+    h, w = img.shape[0] - WINDOW + 1, img.shape[1] - WINDOW + 1
+    rows = sum(g[k] * img[:, k : k + w] for k in range(WINDOW))
+    return sum(g[k] * rows[k : k + h] for k in range(WINDOW))
+
+
+def _ssim_channel(x, y):
+    """Mean of the SSIM map of two HxW float64 images on 0-255 (Wang et al. 2004)."""
+    mu_x, mu_y = _filter_valid(x), _filter_valid(y)
+    var_x = _filter_valid(x * x) - mu_x**2
+    var_y = _filter_valid(y * y) - mu_y**2
+    cov = _filter_valid(x * y) - mu_x * mu_y
+    num = (2 * mu_x * mu_y + C1) * (2 * cov + C2)
+    den = (mu_x**2 + mu_y**2 + C1) * (var_x + var_y + C2)
+    return float(np.mean(num / den))
+
+
+def ssim(a, b, crop_border=4, y=False):
+    """SSIM, 11x11 Gaussian window (sigma 1.5), valid region, mean over channels (PAPER.md section 9)."""
+    a, b = _prepare(a, b, crop_border, y)
+    if min(a.shape[:2]) < WINDOW:
+        raise ValueError(f"metrics.py: SSIM needs at least {WINDOW}x{WINDOW} pixels after cropping, got {a.shape[:2]}")
+    return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])]))
+
+
+def evaluate(restored, gt, crop_border=4):
+    """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md section 9)."""
+    restored, gt = to_uint8(restored), to_uint8(gt)  # round once, reuse for all four metrics
+    return {
+        "psnr": psnr(restored, gt, crop_border),
+        "ssim": ssim(restored, gt, crop_border),
+        "psnr_y": psnr(restored, gt, crop_border, y=True),
+        "ssim_y": ssim(restored, gt, crop_border, y=True),
+    }
+
+
+@functools.cache
+def _lpips_net():
+    """The AlexNet LPIPS model if the package and all its weights are already on disk, else None."""
+    try:
+        import lpips
+    except ImportError:
+        return None
+    # lpips would fetch the torchvision AlexNet backbone from the internet if it is not cached.
+    backbone = os.path.join(torch.hub.get_dir(), "checkpoints", "alexnet-owt-7be5be79.pth")
+    if not os.path.isfile(backbone):
+        return None
+    try:
+        return lpips.LPIPS(net="alex", verbose=False).eval()
+    except (OSError, RuntimeError):  # missing or unreadable linear-layer weights
+        return None
+
+
+def lpips_or_none(restored, gt):
+    """LPIPS (AlexNet, inputs mapped to [-1, 1]; PAPER.md section 9) or None when unavailable.
+
+    Never downloads. On None the caller prints LPIPS_SKIPPED once. Float inputs are clamped to
+    [0, 1] but not rounded (the reference feeds its float outputs); uint8 arrays are divided by 255.
+    """
+    net = _lpips_net()
+    if net is None:
+        return None
+    x, y = (_lpips_input(img) for img in (restored, gt))
+    with torch.no_grad():
+        return float(net(x, y).mean())
+
+
+def _lpips_input(img):
+    """(1,3,H,W) float32 tensor in [-1, 1] from a float (3,H,W) image or a uint8 HxWx3 array."""
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        img = torch.from_numpy(to_uint8(img).transpose(2, 0, 1).copy()).float() / 255
+    img = torch.as_tensor(img, dtype=torch.float32).detach().cpu()
+    return img.reshape(-1, *img.shape[-3:]).clamp(0, 1) * 2 - 1
