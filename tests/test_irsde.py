@@ -353,7 +353,7 @@ def test_callback_sees_every_state_and_noise_model_x0_parameterisation():
     sde = IRSDE(0.2, 20)
     mu = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     seen = []
-    net = lambda x, mu_, t: 0.5 - x              # a network predicting a correction towards 0.5
+    net = lambda x, mu_, t: 0.5 - mu_            # a residual from mu towards 0.5
     model = irsde.noise_model(net, sde, "x0")
     out = irsde.sample(model, sde, mu, 5, "ddim", callback=lambda i, x: seen.append(i))
     assert seen == irsde.timesteps(sde, 5)[1:]
@@ -390,3 +390,26 @@ def test_denoising_takes_noisy_toy_to_clean(sampler):
     assert out.std().item() == pytest.approx(b, rel=0.03)
     if sampler == "ode":  # deterministic: it moves each sample, it does not resample
         assert (out - noisy).abs().mean() < (noisy - a).abs().mean()
+
+
+@SETTINGS
+@given(sdes(T=st.integers(2, 120)), st.booleans(), st.data())
+def test_ml_loss_x0_weighting_measures_the_implied_x0_error(sde, denoising, data):
+    """With gamma_i = 1 / (coefficient of x0 in eq. 14), a network whose reverse mean is x*_{i-1}
+    for a wrong x0' scores exactly mean |x0' - x0|."""
+    i = data.draw(st.integers(1, sde.T))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    x0, mu, delta = torch.rand(3, 1, 3, 4, 4, generator=g, dtype=torch.float64).unbind(0)
+    mu = None if denoising else mu
+    t = torch.tensor([i])
+    x, _ = sde.q_sample(x0, mu, t, generator=g)
+    target = sde.optimal_reverse(x, x0 + delta, mu, t)  # eq. 14 for the wrong x0' = x0 + delta
+    tp, v, lam2 = sde.theta_prime[i].item(), sde.v[i].item(), sde.lam**2
+    if denoising:   # mean = x + lambda^2 theta' (1 + e^{-2 theta_bar}) score, score = -eps / sqrt(v)
+        k = lam2 * tp * (1 + math.exp(-2 * sde.theta_bar[i].item())) / math.sqrt(v)
+        eps = (x - target) / k
+    else:           # mean = x - theta' (mu - x) - 2 lambda^2 theta' eps / sqrt(v)
+        eps = (x - tp * (mu - x) - target) / (2 * lam2 * tp / math.sqrt(v))
+    assert sde.ml_loss(eps, x, x0, mu, t, "x0").item() == pytest.approx(delta.abs().mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="weighting"):
+        sde.ml_loss(eps, x, x0, mu, t, "snr")
