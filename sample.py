@@ -1,0 +1,433 @@
+"""Restore images with a trained IR-SDE checkpoint and measure them (PAPER.md sections 5, 7, 9, 10).
+
+Examples:
+
+    # a folder of rainy images; the checkpoint's own sampler and step count
+    python sample.py --checkpoint runs/derain/last.pt --input rainy/ --output out/
+    # a Rain100H test folder (rain-N.png + norain-N.png): GT found automatically, metrics written
+    python sample.py --checkpoint runs/derain/last.pt --input Rain100H/test --output out/ --compare
+    # 10-step deterministic sampling of one image against its GT, with the paper's Fig. 6 strip
+    python sample.py --checkpoint ckpt.pt --input lq.png --gt gt.png --output out/ \\
+        --sampler ddim --steps 10 --trajectory
+    # Gaussian denoising at sigma = 25 (0-255 scale) with the denoising ODE (section 5)
+    python sample.py --checkpoint denoise.pt --input noisy/ --output out/ --noise-sigma 25
+    # a large image, network evaluated on 512 x 512 tiles (bounded memory, no seams)
+    python sample.py --checkpoint ckpt.pt --input big.png --output out/ --tile 512
+
+Input: an image file, a folder of images, or a paired dataset folder in a layout that
+data.find_pairs knows (GT/ + LQ/, Rain100 rain-N/norain-N, GoPro blur/sharp); then the GT
+comes from the pairs. --gt is an image or a folder paired with the inputs by sorted file name.
+
+Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
+and on Y with --crop-border pixels cut, PAPER.md section 9); DIR/compare/<stem>.png (LQ |
+restored | GT) with --compare; DIR/trajectory/<stem>.png (intermediate states towards x_0)
+with --trajectory.
+
+Seeds: every image gets its own generator seeded with --seed, so an image's result does not
+depend on which other images are in the folder; the same command gives the same numbers on CPU
+(CUDA draws differ from CPU draws).
+"""
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import irsde
+import metrics
+from data import IMAGE_EXTS, NOISE_SIGMA, DataError, detect_layout, find_pairs, load_image, save_image
+from unet import UNet
+
+TRAJECTORY_STATES = 8  # states shown in a trajectory strip (the paper's Fig. 6)
+GAP = 4  # white pixels between the pictures of a strip
+
+
+# ---- checkpoint ------------------------------------------------------------------------------
+
+def load_checkpoint(path, device="cpu"):
+    """(net, sde, config) from a train.py checkpoint: UNet(**config["net"]) with the EMA weights
+    (the raw "model" weights if there is no EMA) and IRSDE(**config["sde"]), or sde None for the
+    CNN baseline (loss "cnn"). ValueError naming the file for anything unusable."""
+    path = Path(path)
+    ckpt = _read_checkpoint(path)
+    config = ckpt["config"]
+    try:
+        net = UNet(**config["net"])
+        net.load_state_dict(ckpt.get("ema") or ckpt["model"])
+        sde = None if config["loss"] == "cnn" else irsde.IRSDE(**config["sde"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path}: checkpoint does not match this code's network or SDE ({e})") from e
+    return net.to(device).eval(), sde, config
+
+
+def _read_checkpoint(path):
+    """The checkpoint dict, loaded with weights_only=True: plain data and tensors only; a pickle
+    that would run code is refused."""
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # optimizer state stays off the GPU
+    except Exception as e:  # torch raises many types for foreign or damaged files
+        raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
+    missing = _missing_keys(ckpt)
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (not written by train.py?)")
+    return ckpt
+
+
+def _missing_keys(ckpt):
+    """Names of the entries sample.py needs that the checkpoint lacks (CONTRACT.md)."""
+    if not isinstance(ckpt, dict):
+        return ["everything (it is not a dict)"]
+    missing = [] if ckpt.get("ema") or ckpt.get("model") else ["'ema'/'model' weights"]
+    config = ckpt.get("config")
+    if not isinstance(config, dict):
+        return missing + ["'config'"]
+    needed = ("task", "loss", "net") + (() if config.get("loss") == "cnn" else ("sde",))
+    return missing + [f"'config.{k}'" for k in needed if config.get(k) is None]
+
+
+# ---- restoration -----------------------------------------------------------------------------
+
+def default_sampler(config):
+    """The denoising ODE for Gaussian denoising (section 5); otherwise the checkpoint's sampler,
+    else posterior sampling (section 10: better than the ODE)."""
+    return config.get("args", {}).get("sampler") or ("ode" if config["task"] == "denoise" else "posterior")
+
+
+def default_steps(config):
+    """The checkpoint's sampling step count; None = every index (the reference's T steps)."""
+    return config.get("args", {}).get("sample_steps")
+
+
+@torch.no_grad()
+def restore(net, sde, config, lq, sampler=None, steps=None, generator=None, noise_sigma=None,
+            tile=None, overlap=32, callback=None, clip_x0=None):
+    """Restored (B,3,H,W) in [0, 1] from the LQ batch lq (B,3,H,W).
+
+    CNN baseline: lq + net(lq) in one pass. Denoising: the noisy image is the state at t* of the
+    denoising SDE (section 5); noise_sigma on the [0, 1] scale. Otherwise x_T = lq + lambda z is
+    run back to x_0 by the sampler (section 6 / 7). tile: evaluate the network on tile x tile
+    windows overlapping by `overlap` pixels (see `tiled`). callback(i, x) sees each state.
+    """
+    args = config.get("args", {})
+    model = network(net, lq.device, tile, overlap)
+    if config["loss"] == "cnn":
+        return (lq + model(lq, None, None)).clamp(0, 1)
+    model = irsde.noise_model(model, sde, config.get("param", "noise"))
+    sampler = sampler or default_sampler(config)
+    steps = steps or default_steps(config)
+    clip_x0 = args.get("clip_x0", False) if clip_x0 is None else clip_x0
+    kwargs = dict(generator=generator, callback=callback, clip_x0=clip_x0)
+    if config["task"] == "denoise":
+        if noise_sigma is None:
+            raise ValueError("denoising needs the noise level of the input (noise_sigma)")
+        x0 = irsde.denoise(model, sde, lq, noise_sigma, steps, sampler, **kwargs)
+    else:
+        x0 = irsde.sample(model, sde, lq, steps, sampler, **kwargs)
+    return x0.clamp(0, 1)
+
+
+def network(net, device, tile=None, overlap=32):
+    """net as f(x, mu, t) in float32: bf16 autocast on CUDA (the SDE arithmetic stays float32),
+    evaluated tile by tile when `tile` is given."""
+    def forward(x, mu, t):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return net(x, mu, t).float()
+    return forward if tile is None else tiled(forward, tile, overlap)
+
+
+def tiled(net, tile, overlap):
+    """f(x, mu, t) computed on overlapping tile x tile windows and blended (PAPER.md section 10).
+
+    Only the network call is tiled: the sampler still steps the full-size state with one
+    full-size noise draw per step, so the noise equals the untiled run's and the blend weights
+    (raised-cosine ramps over the overlaps, summing to one there) leave no seams. Memory is
+    bounded by the tile; the state itself is only 3 x H x W. A network with image-wide context
+    (the UNet's GroupNorm statistics, its receptive field) still gives somewhat different values
+    per tile than on the whole image: the blend hides the tile borders, not that difference.
+    """
+    if tile < 1 or not 0 <= overlap <= tile // 2:
+        raise ValueError(f"tiles need tile >= 1 and 0 <= overlap <= tile / 2, got tile {tile}, overlap {overlap}")
+
+    def forward(x, mu, t):
+        h, w = x.shape[-2:]
+        if max(h, w) <= tile:
+            return net(x, mu, t)
+        out = torch.zeros_like(x)
+        weight = torch.zeros(h, w, dtype=x.dtype, device=x.device)
+        for top, rows in _windows(h, tile, overlap):
+            for left, cols in _windows(w, tile, overlap):
+                win = (..., slice(top, top + len(rows)), slice(left, left + len(cols)))
+                blend = (rows[:, None] * cols[None, :]).to(x)
+                out[win] += blend * net(x[win], None if mu is None else mu[win], t)
+                weight[win] += blend
+        return out / weight
+    return forward
+
+
+def _windows(n, tile, overlap):
+    """(start, 1-D blend weights) of the windows covering 0..n-1 with stride tile - overlap.
+
+    Weights ramp as sin^2 over the first/last `overlap` pixels where a neighbour overlaps (the
+    neighbour's cos^2 ramp complements it) and are 1 elsewhere, never 0."""
+    size = min(tile, n)
+    starts = list(range(0, n - size, tile - overlap)) + [n - size]
+    ramp = torch.sin(torch.pi / 2 * (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap) ** 2
+    windows = []
+    for k, start in enumerate(starts):
+        weights = torch.ones(size, dtype=torch.float64)
+        if k > 0:
+            weights[:overlap] = ramp
+        if k < len(starts) - 1:
+            weights[size - overlap:] = ramp.flip(0)
+        windows.append((start, weights))
+    return windows
+
+
+# ---- trajectory and pictures -----------------------------------------------------------------
+
+class Trajectory:
+    """Sampler callback keeping ~8 evenly spaced states down to x_0 (the paper's Fig. 6)."""
+
+    def __init__(self, sde, config, steps, noise_sigma):
+        t_start = sde.start_index(noise_sigma) if config["task"] == "denoise" else sde.T
+        indices = irsde.timesteps(sde, steps or default_steps(config), t_start)[1:]
+        picks = torch.linspace(0, len(indices) - 1, min(TRAJECTORY_STATES, len(indices)))
+        self.keep = {indices[k] for k in picks.round().long().tolist()}  # first state ... x_0
+        self.states = []
+
+    def __call__(self, i, x):
+        if i in self.keep:
+            self.states.append(x[0].float().clamp(0, 1).cpu())
+
+
+def strip(images):
+    """Images (3,H,W) side by side, separated by white gaps."""
+    gap = torch.ones(3, images[0].shape[1], GAP)
+    parts = [p for img in images for p in (img, gap)][:-1]
+    return torch.cat(parts, dim=2)
+
+
+# ---- input and output files ------------------------------------------------------------------
+
+def list_images(path):
+    """[path] for a file, else the folder's image files in sorted name order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"{path}: no images (looked for {', '.join(IMAGE_EXTS)})")
+    return files
+
+
+def find_jobs(input_path, gt_path=None):
+    """[(lq, gt or None)]: a paired dataset folder (data.find_pairs), or the inputs paired with
+    --gt by sorted file name."""
+    input_path = Path(input_path)
+    if input_path.is_dir() and _paired_layout(input_path):
+        if gt_path is not None:
+            raise DataError(f"{input_path} is a paired dataset folder: it brings its own GT, drop --gt")
+        return find_pairs(input_path)
+    inputs = list_images(input_path)
+    if gt_path is None:
+        return [(lq, None) for lq in inputs]
+    gts = list_images(gt_path)
+    if len(gts) != len(inputs):
+        raise DataError(f"{input_path} has {len(inputs)} images but {gt_path} has {len(gts)}")
+    return list(zip(inputs, gts))
+
+
+def _paired_layout(folder):
+    try:
+        detect_layout(folder)
+    except DataError:
+        return False
+    return True
+
+
+def output_names(paths):
+    """Output stems: the file stems or, where stems repeat (GoPro scenes, a.png + a.jpg), the
+    path below the inputs' common folder with "/" and "." turned into "_"."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return ["_".join(p.relative_to(root).parts).replace(".", "_") for p in paths]
+
+
+def prepare_output(out, jobs, subfolders):
+    """Create the output folders; refuse a folder that holds input or GT images (they would be
+    overwritten) and one that cannot be written, before anything is restored."""
+    out = Path(out)
+    sources = {p.parent.resolve() for job in jobs for p in job if p is not None}
+    if out.resolve() in sources:
+        raise ValueError(f"{out}: output folder holds the input images; choose another folder")
+    try:
+        for folder in [out] + [out / s for s in subfolders]:
+            folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()  # a probe file, deleted on close
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write to the output folder ({e.strerror or e})") from e
+
+
+def _write_atomic(path, text):
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---- metrics report --------------------------------------------------------------------------
+
+COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y")
+
+
+def measure(name, restored, gt, crop_border):
+    """PSNR / SSIM on RGB and Y, plus LPIPS where it is installed (PAPER.md section 9)."""
+    row = dict(image=name, **metrics.evaluate(restored, gt, crop_border))
+    lpips = metrics.lpips_or_none(restored, gt)
+    if lpips is not None:
+        row["lpips"] = lpips
+    return row
+
+
+def mean_row(rows):
+    keys = [k for k in COLUMNS + ("lpips",) if k in rows[0]]
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
+def write_metrics(out, rows, info):
+    """metrics.csv (one row per image and a mean row) and metrics.json in the output folder."""
+    mean = mean_row(rows)
+    keys = list(mean)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["image"] + keys)
+    for row in rows + [dict(mean, image="mean")]:
+        writer.writerow([row["image"]] + [f"{row[k]:.6f}" for k in keys])
+    _write_atomic(out / "metrics.csv", buf.getvalue())
+    _write_atomic(out / "metrics.json", json.dumps(dict(info, images=rows, mean=mean), indent=2) + "\n")
+
+
+def print_table(rows):
+    mean = mean_row(rows)
+    keys = list(mean)
+    width = max(len(r["image"]) for r in rows + [{"image": "mean"}])
+    print(f"{'image':<{width}}  " + "  ".join(f"{k:>8}" for k in keys))
+    for row in rows + [dict(mean, image="mean")]:
+        print(f"{row['image']:<{width}}  " + "  ".join(f"{row[k]:8.4f}" for k in keys))
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 1)[1])
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
+    p.add_argument("--input", required=True, help="image, folder of images, or paired dataset folder")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--gt", help="GT image or folder, paired with the inputs by sorted file name")
+    p.add_argument("--sampler", choices=sorted(irsde.SAMPLERS),
+                   help="default: ode for denoising, else the checkpoint's, else posterior")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's, else T)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image")
+    p.add_argument("--noise-sigma", type=float,
+                   help=f"denoising: noise level of the inputs on the 0-255 scale (default {NOISE_SIGMA * 255:g})")
+    p.add_argument("--tile", type=int, help="evaluate the network on tiles of this size (large images)")
+    p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    p.add_argument("--compare", action="store_true", help="also write LQ | restored | GT pictures")
+    p.add_argument("--trajectory", action="store_true", help="also write intermediate states (Fig. 6)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each side for metrics")
+    return p.parse_args(argv)
+
+
+def check_args(args, sde, config):
+    """Option values that argparse cannot judge alone; ValueError naming the option."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+    if args.noise_sigma is not None and config["task"] != "denoise":
+        raise ValueError(f"--noise-sigma applies to denoising checkpoints only (this one: {config['task']})")
+    if config["task"] == "denoise":
+        args.noise_sigma = NOISE_SIGMA * 255 if args.noise_sigma is None else args.noise_sigma
+        sde.start_index(args.noise_sigma / 255)  # raises unless 0 < sigma < lambda
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, OSError) as e:  # DataError is a ValueError
+        sys.exit(f"error: {e}")
+
+
+def run(args):
+    """Restore every input in sorted order, writing each result as it is done; then the metrics."""
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net, sde, config = load_checkpoint(args.checkpoint, args.device)
+    check_args(args, sde, config)
+    if args.trajectory and sde is None:
+        print("--trajectory: the CNN baseline has no intermediate states; no trajectory written")
+    jobs = find_jobs(args.input, args.gt)
+    out = Path(args.output)
+    prepare_output(out, jobs, [s for s, on in (("compare", args.compare), ("trajectory", args.trajectory)) if on])
+    rows = []
+    for k, ((lq_path, gt_path), name) in enumerate(zip(jobs, output_names([lq for lq, _ in jobs])), 1):
+        start = time.perf_counter()
+        restored, gt = restore_file(args, net, sde, config, lq_path, gt_path, out, name)
+        line = f"[{k}/{len(jobs)}] {name} {restored.shape[1]}x{restored.shape[2]} {time.perf_counter() - start:.1f}s"
+        if gt is not None:
+            rows.append(measure(name, restored, gt, args.crop_border))
+            if len(rows) == 1 and "lpips" not in rows[0]:
+                print(metrics.LPIPS_SKIPPED)
+            mean = mean_row(rows)
+            line += (f"  PSNR {rows[-1]['psnr']:.2f} PSNR-Y {rows[-1]['psnr_y']:.2f}"
+                     f"  (mean {mean['psnr']:.2f} / {mean['psnr_y']:.2f})")
+        print(line, flush=True)
+    if rows:
+        print_table(rows)
+        sampler = None if sde is None else args.sampler or default_sampler(config)
+        write_metrics(out, rows, dict(checkpoint=str(args.checkpoint), task=config["task"], sampler=sampler,
+                                      steps=args.steps or default_steps(config), seed=args.seed,
+                                      crop_border=args.crop_border))
+    print(f"{len(jobs)} image(s) written to {out}")
+
+
+def restore_file(args, net, sde, config, lq_path, gt_path, out, name):
+    """Load one pair, restore it, write out/<name>.png (and its compare / trajectory pictures).
+    Returns (restored, gt or None) as (3,H,W) CPU tensors."""
+    lq = load_image(lq_path)
+    gt = load_image(gt_path) if gt_path is not None else None
+    if gt is not None and gt.shape != lq.shape:
+        raise DataError(f"size mismatch: {lq_path} is {lq.shape[2]}x{lq.shape[1]} "
+                        f"but {gt_path} is {gt.shape[2]}x{gt.shape[1]}")
+    device = torch.device(args.device)
+    noise_sigma = None if args.noise_sigma is None else args.noise_sigma / 255
+    # one generator per image, seeded alike: a result does not depend on the other images
+    generator = torch.Generator(device).manual_seed(args.seed)
+    trajectory = Trajectory(sde, config, args.steps, noise_sigma) if args.trajectory and sde is not None else None
+    restored = restore(net, sde, config, lq[None].to(device), args.sampler, args.steps, generator,
+                       noise_sigma, args.tile, args.overlap, trajectory)[0].float().cpu()
+    save_image(restored, out / f"{name}.png")
+    if args.compare:
+        save_image(strip([lq, restored] + ([gt] if gt is not None else [])), out / "compare" / f"{name}.png")
+    if trajectory is not None:
+        save_image(strip(trajectory.states), out / "trajectory" / f"{name}.png")
+    return restored, gt
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""Tests of sample.py: checkpoint loading, tiled inference, seeds, the CLI end to end, bad inputs."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import irsde
+import metrics
+import sample
+import train
+from data import load_image, save_image
+from unet import UNet
+
+NET = dict(width=8, mults=(1, 2), blocks=1)
+H, W = 24, 32  # test images: big enough for SSIM after the 4-pixel border crop
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The test machine's cores are shared: one thread is several times faster for tiny nets."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_net(cond=True, std=0.1):
+    """Tiny UNet whose zero-initialised last layer is randomised, so its output is not 0."""
+    torch.manual_seed(0)
+    net = UNet(cond=cond, **NET)
+    torch.nn.init.normal_(net.final_conv.weight, std=std)
+    return net.eval()
+
+
+def make_config(net, sde, task="derain", loss="ml", param="noise", args=None):
+    return {"task": task, "loss": loss, "param": param, "sde": None if sde is None else sde.config(),
+            "net": net.config, "args": args or {}}
+
+
+def save_checkpoint(path, task="derain", loss="ml", sde=None, args=None):
+    """A checkpoint as train.py writes it (CONTRACT.md); returns (net, sde, config)."""
+    cond = task != "denoise" and loss != "cnn"
+    net = make_net(cond)
+    if sde is None and loss != "cnn":
+        sde = irsde.IRSDE(10 / 255, T=20)
+    config = make_config(net, sde, task, loss, args=args)
+    torch.save({"model": net.state_dict(), "ema": net.state_dict(), "optimizer": {}, "scheduler": {},
+                "step": 1, "config": config, "rng": train.rng_state(torch.Generator())},
+               path)
+    return net, sde, config
+
+
+def write_images(folder, names, seed=0, size=(H, W)):
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for name in names:
+        save_image(torch.rand(3, *size, generator=g), folder / name)
+
+
+def smooth_image(h, w):
+    """(1,3,h,w) ramps: small natural column differences, so seams would stand out."""
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    return (torch.stack([xx, yy, (xx + yy) / 2]) * 0.8 + 0.1)[None]
+
+
+@pytest.fixture
+def setup(tmp_path):
+    """A derain checkpoint, input folder in/ with a.png, b.png and GT folder gt/ alike."""
+    save_checkpoint(tmp_path / "ckpt.pt")
+    write_images(tmp_path / "in", ["a.png", "b.png"], seed=1)
+    write_images(tmp_path / "gt", ["a.png", "b.png"], seed=2)
+    return tmp_path
+
+
+def run_main(*argv):
+    """sample.py's CLI on the CPU, where the tests' reference numbers are computed."""
+    sample.main([str(a) for a in argv] + ["--device", "cpu"])
+
+
+# ---- checkpoint loading ----------------------------------------------------------------------
+
+def test_load_checkpoint_prefers_ema_and_rebuilds_sde(tmp_path):
+    net, sde, config = save_checkpoint(tmp_path / "c.pt")
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
+    ckpt["model"] = {k: torch.zeros_like(v) for k, v in ckpt["model"].items()}  # raw weights differ
+    torch.save(ckpt, tmp_path / "c.pt")
+    loaded, loaded_sde, loaded_config = sample.load_checkpoint(tmp_path / "c.pt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+    assert loaded_sde.config() == sde.config() and loaded_config == config and not loaded.training
+
+
+def test_load_checkpoint_falls_back_to_model_weights(tmp_path):
+    net, _, _ = save_checkpoint(tmp_path / "c.pt", loss="cnn")
+    ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
+    del ckpt["ema"]
+    torch.save(ckpt, tmp_path / "c.pt")
+    loaded, sde, _ = sample.load_checkpoint(tmp_path / "c.pt")
+    assert sde is None
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
+
+
+# ---- tiled inference -------------------------------------------------------------------------
+
+class LocalNet(torch.nn.Module):
+    """A 1x1-conv network with the UNet interface: each output pixel sees only its input pixel."""
+
+    def __init__(self, cond=True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.cond = cond
+        self.conv = torch.nn.Conv2d(6 if cond else 3, 3, 1)
+
+    def forward(self, x, mu=None, t=None):
+        out = self.conv(torch.cat([x - mu, mu], 1) if self.cond else x)
+        return out if t is None else out * (1 + t.float().view(-1, 1, 1, 1) / 20)
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(1, 200), tile=st.integers(1, 64), data=st.data())
+def test_windows_cover_every_pixel_with_positive_weight(n, tile, data):
+    overlap = data.draw(st.integers(0, tile // 2))
+    total = torch.zeros(n, dtype=torch.float64)
+    for start, weights in sample._windows(n, tile, overlap):
+        assert 0 <= start and start + len(weights) <= n and len(weights) == min(tile, n)
+        assert (weights > 0).all() and (weights <= 1).all()
+        total[start:start + len(weights)] += weights
+    assert (total > 0).all()
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_tiled_local_network_equals_untiled(cond):
+    net, g = LocalNet(cond), torch.Generator().manual_seed(0)
+    x, mu = torch.rand(2, 3, 70, 90, generator=g), torch.rand(2, 3, 70, 90, generator=g)
+    mu = mu if cond else None
+    t = torch.tensor([3, 17])
+    torch.testing.assert_close(sample.tiled(net, 32, 8)(x, mu, t), net(x, mu, t), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "posterior"])
+def test_tiled_restore_equals_untiled_for_local_network(sampler):
+    """Same network values and the same full-size noise draws: the same restored image."""
+    net, sde = LocalNet(), irsde.IRSDE(10 / 255, T=20)
+    config = make_config(make_net(), sde, param="x0")
+    lq = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(0))
+    run = lambda **kw: sample.restore(net, sde, config, lq, sampler, steps=5,
+                                      generator=torch.Generator().manual_seed(4), **kw)
+    torch.testing.assert_close(run(tile=32, overlap=8), run(), atol=1e-5, rtol=0)
+
+
+def test_tiled_unet_has_no_seams():
+    """The real UNet differs per tile (normalisation statistics, receptive field), but blending
+    hides the tile borders: hard cuts (overlap 0) make them stand out, the blend does not."""
+    net, sde = make_net(), irsde.IRSDE(10 / 255, T=20)
+    config = make_config(net, sde, param="x0")
+    mu = smooth_image(70, 90)
+
+    def border_ratio(overlap):
+        out = sample.restore(net, sde, config, mu, "ddim", steps=5, tile=32, overlap=overlap)
+        d = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(0, 1, 2))  # d[c-1]: columns c-1 | c
+        borders = {s + k for s, w in sample._windows(90, 32, overlap) for k in (0, len(w))} - {0, 90}
+        return max(d[c - 1] for c in borders) / d.median()
+
+    assert border_ratio(overlap=0) > 2  # the measure sees seams
+    assert border_ratio(overlap=8) < 1.5
+
+
+# ---- restore() -------------------------------------------------------------------------------
+
+def test_same_seed_same_output_different_seed_different():
+    net, sde = make_net(std=0.01), irsde.IRSDE(10 / 255, T=20)
+    config = make_config(net, sde)
+    lq = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    run = lambda seed: sample.restore(net, sde, config, lq, "posterior", steps=6,
+                                      generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_defaults_come_from_checkpoint_args():
+    net, sde = make_net(), irsde.IRSDE(10 / 255, T=20)
+    lq = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
+    with_args = make_config(net, sde, args={"sampler": "ddim", "sample_steps": 4, "clip_x0": True})
+    seeded = lambda: torch.Generator().manual_seed(0)
+    explicit = sample.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded(), clip_x0=True)
+    assert torch.equal(sample.restore(net, sde, with_args, lq, generator=seeded()), explicit)
+    assert not torch.equal(sample.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded()), explicit)
+
+
+# ---- command line end to end -----------------------------------------------------------------
+
+def test_end_to_end_folder_with_gt(setup, capsys):
+    out = setup / "out"
+    run_main("--checkpoint", setup / "ckpt.pt", "--input", setup / "in", "--gt", setup / "gt",
+             "--output", out, "--compare", "--trajectory", "--seed", "3")
+    printed = capsys.readouterr().out
+    assert "[1/2] a 24x32" in printed and "[2/2] b 24x32" in printed
+    assert printed.count(metrics.LPIPS_SKIPPED) <= 1
+    # metrics.csv / .json hold exactly metrics.evaluate of the written files
+    report = json.loads((out / "metrics.json").read_text())
+    with open(out / "metrics.csv") as f:
+        table = {row["image"]: row for row in csv.DictReader(f)}
+    assert list(table) == ["a", "b", "mean"] and [r["image"] for r in report["images"]] == ["a", "b"]
+    for name, row in zip("ab", report["images"]):
+        expected = metrics.evaluate(load_image(out / f"{name}.png"), load_image(setup / "gt" / f"{name}.png"))
+        for key, value in expected.items():
+            assert row[key] == pytest.approx(value, abs=1e-12)
+            assert float(table[name][key]) == pytest.approx(value, abs=1e-6)
+    for key in sample.COLUMNS:
+        mean = sum(r[key] for r in report["images"]) / 2
+        assert report["mean"][key] == pytest.approx(mean) and float(table["mean"][key]) == pytest.approx(mean, abs=1e-6)
+    # pictures: LQ | restored | GT, and 8 states ending at the restored image
+    restored = load_image(out / "a.png")
+    compare = load_image(out / "compare" / "a.png")
+    assert compare.shape == (3, H, 3 * W + 2 * sample.GAP)
+    assert torch.equal(compare[..., W + sample.GAP:2 * W + sample.GAP], restored)
+    strip = load_image(out / "trajectory" / "a.png")
+    assert strip.shape == (3, H, 8 * W + 7 * sample.GAP)
+    assert torch.equal(strip[..., -W:], restored)
+
+
+def test_same_command_same_files(setup):
+    for out in ("out1", "out2"):
+        run_main("--checkpoint", setup / "ckpt.pt", "--input", setup / "in" / "a.png",
+                 "--output", setup / out, "--steps", "5")
+    assert (setup / "out1" / "a.png").read_bytes() == (setup / "out2" / "a.png").read_bytes()
+
+
+def test_cnn_checkpoint_on_paired_folder(tmp_path):
+    """CNN baseline: restored = lq + net(lq); a GT/ + LQ/ folder brings its own GT."""
+    net, _, _ = save_checkpoint(tmp_path / "cnn.pt", loss="cnn")
+    write_images(tmp_path / "data" / "LQ", ["x.png", "y.png"], seed=1)
+    write_images(tmp_path / "data" / "GT", ["x.png", "y.png"], seed=2)
+    run_main("--checkpoint", tmp_path / "cnn.pt", "--input", tmp_path / "data", "--output", tmp_path / "out")
+    lq = load_image(tmp_path / "data" / "LQ" / "x.png")[None]
+    with torch.no_grad():
+        expected = metrics.to_uint8((lq + net(lq))[0])
+    assert (metrics.to_uint8(load_image(tmp_path / "out" / "x.png")) == expected).all()
+    report = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [r["image"] for r in report["images"]] == ["x", "y"] and report["sampler"] is None
+
+
+def test_denoise_checkpoint_end_to_end(tmp_path):
+    """Denoising ODE from t*(sigma = 5/255) with lambda = 30/255 (section 5)."""
+    net, sde, config = save_checkpoint(tmp_path / "dn.pt", task="denoise",
+                                       sde=irsde.IRSDE(30 / 255, T=20, eps=0.04))
+    write_images(tmp_path / "in", ["n.png"], seed=1)
+    write_images(tmp_path / "gt", ["n.png"], seed=2)
+    run_main("--checkpoint", tmp_path / "dn.pt", "--input", tmp_path / "in", "--gt", tmp_path / "gt",
+             "--output", tmp_path / "out", "--noise-sigma", "5", "--trajectory")
+    lq = load_image(tmp_path / "in" / "n.png")[None]
+    expected = sample.restore(net, sde, config, lq, "ode", noise_sigma=5 / 255)[0]
+    assert (metrics.to_uint8(load_image(tmp_path / "out" / "n.png")) == metrics.to_uint8(expected)).all()
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["sampler"] == "ode"
+    assert (tmp_path / "out" / "trajectory" / "n.png").is_file()
+    with pytest.raises(SystemExit, match="must be in .0, lambda"):  # sigma 40 > lambda 30: before any work
+        run_main("--checkpoint", tmp_path / "dn.pt", "--input", tmp_path / "in", "--output", tmp_path / "o2",
+                 "--noise-sigma", "40")
+    assert not (tmp_path / "o2").exists()
+
+
+def test_output_names_stay_unique():
+    assert sample.output_names([Path("d/a.png"), Path("d/b.jpg")]) == ["a", "b"]
+    gopro = [Path("g/s1/blur/0001.png"), Path("g/s2/blur/0001.png")]
+    assert sample.output_names(gopro) == ["s1_blur_0001_png", "s2_blur_0001_png"]
+    assert sample.output_names([Path("d/a.png"), Path("d/a.jpg")]) == ["a_png", "a_jpg"]
+
+
+# ---- bad inputs ------------------------------------------------------------------------------
+
+def corrupt_checkpoint(root):
+    (root / "ckpt.pt").write_bytes(b"\x80\x02garbage" * 64)
+
+
+def strip_config(root):
+    ckpt = torch.load(root / "ckpt.pt", weights_only=False)
+    torch.save({"model": ckpt["model"]}, root / "ckpt.pt")
+
+
+def pickle_an_object(root):
+    """Objects other than plain data and tensors would run code when unpickled."""
+    ckpt = torch.load(root / "ckpt.pt", weights_only=False)
+    ckpt["hook"] = Path("anything")
+    torch.save(ckpt, root / "ckpt.pt")
+
+
+def widen_network(root):
+    ckpt = torch.load(root / "ckpt.pt", weights_only=False)
+    ckpt["config"]["net"]["width"] = 16
+    torch.save(ckpt, root / "ckpt.pt")
+
+
+def undecodable_second_image(root):
+    (root / "in" / "b.png").write_bytes(b"not a png")
+
+
+def small_second_gt(root):
+    write_images(root / "gt", ["b.png"], size=(H, W - 2))
+
+
+def missing_gt(root):
+    (root / "gt" / "b.png").unlink()
+
+
+@pytest.mark.parametrize("damage, argv, message", [
+    (None, ["--checkpoint", "{root}/nope.pt"], "nope.pt: checkpoint not found"),
+    (corrupt_checkpoint, [], "ckpt.pt: not a readable torch checkpoint"),
+    (strip_config, [], "ckpt.pt: checkpoint lacks 'config'"),
+    (pickle_an_object, [], "ckpt.pt: not a readable torch checkpoint"),
+    (widen_network, [], "ckpt.pt: checkpoint does not match"),
+    (undecodable_second_image, [], "b.png: cannot decode image"),
+    (small_second_gt, [], "in/b.png is 32x24 but {root}/gt/b.png is 30x24"),
+    (missing_gt, [], "has 2 images but"),
+    (None, ["--output", "{root}/in"], "output folder holds the input images"),
+    (None, ["--output", "{root}/gt/a.png/sub"], "cannot write to the output folder"),
+    (None, ["--noise-sigma", "25"], "--noise-sigma applies to denoising checkpoints only"),
+])
+def test_bad_input_is_a_clear_error(setup, damage, argv, message):
+    if damage is not None:
+        damage(setup)
+    before = {p: p.read_bytes() for p in (setup / "in").iterdir()}
+    args = {"--checkpoint": setup / "ckpt.pt", "--input": setup / "in", "--gt": setup / "gt",
+            "--output": setup / "out", "--steps": "2"}
+    args.update(zip(argv[::2], (a.format(root=setup) for a in argv[1::2])))
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(*[x for kv in args.items() for x in kv])
+    assert str(exit_info.value.code).startswith("error: ")
+    assert message.format(root=setup) in str(exit_info.value.code)
+    assert {p: p.read_bytes() for p in (setup / "in").iterdir()} == before  # inputs untouched
+    if damage in (undecodable_second_image, small_second_gt):  # images done before are kept
+        assert (setup / "out" / "a.png").is_file() and not (setup / "out" / "b.png").exists()
+
+
+def test_error_exit_status_from_the_shell(tmp_path):
+    result = subprocess.run([sys.executable, "sample.py", "--checkpoint", str(tmp_path / "none.pt"),
+                             "--input", str(tmp_path), "--output", str(tmp_path / "out")],
+                            cwd=Path(sample.__file__).parent, capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "error: " in result.stderr and "none.pt: checkpoint not found" in result.stderr

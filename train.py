@@ -1,0 +1,429 @@
+"""Train IR-SDE (Luo et al., ICML 2023) for one restoration task.
+
+Single GPU or CPU:
+    python train.py --task derain                          # the paper's recipe (GPU: days)
+    python train.py --task derain --preset tiny            # minutes on a laptop CPU
+    python train.py --task derain --data datasets/rain/trainH --val datasets/rain/testH
+Several GPUs on one machine (DistributedDataParallel; --batch is per GPU, so the global batch
+is batch x GPUs while the learning rate stays as given):
+    torchrun --standalone --nproc_per_node=4 train.py --task derain
+Resume (the checkpoint holds every setting and random state):
+    python train.py --resume runs/derain/last.pt
+
+Without --data it trains on built-in synthetic pairs (data.SyntheticPairs) and validates on a
+fixed synthetic set. Checkpoints carry the task, SDE and network configuration, so sample.py
+needs nothing else and train/test settings cannot disagree.
+"""
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Sampler
+
+import data
+import irsde
+import metrics
+import sample
+from unet import build_unet
+
+VAL_CROP = 128  # synthetic validation images are 128 x 128 whatever the training crop
+
+# Per-task SDE settings of the reference configs (PAPER.md sections 5, 6): lambda on the 0-255 scale.
+TASK_SDE = {
+    "derain": dict(max_sigma=10, eps=0.005), "deblur": dict(max_sigma=10, eps=0.005),
+    "sr": dict(max_sigma=30, eps=0.005), "inpaint": dict(max_sigma=30, eps=0.005),
+    "dehaze": dict(max_sigma=30, eps=0.005), "denoise": dict(max_sigma=70, eps=0.04),
+}
+
+# "paper": the reference recipe (section 8). "tiny": sized for a 2-core CPU in about 10 minutes;
+# see the README for what it changes and why (section 11: the paper's recipe scaled down does not restore).
+PRESETS = {
+    "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4,
+                  milestones=[200_000, 400_000, 600_000], loss="ml", param="noise", weighting="uniform", ema=0.995,
+                  T=100, schedule="cosine", clip_x0=False, sampler="posterior", sample_steps=100,
+                  log_every=100, val_every=5000, save_every=5000, workers=4),
+    "tiny": dict(net="tiny", iters=1200, batch=8, crop=64, lr=1e-3,
+                 milestones=[800, 1000], loss="ml", param="x0", weighting="x0", ema=0.99,
+                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=10,
+                 log_every=100, val_every=400, save_every=400, workers=0),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="preset defaults (explicit flags override):\n" + "\n".join(
+                                    f"  {k}: {json.dumps(v)}" for k, v in PRESETS.items()))
+    p.add_argument("--task", choices=data.TASKS, help="restoration task (required unless --resume)")
+    p.add_argument("--preset", choices=PRESETS, default="paper", help="recipe defaults (default: paper)")
+    p.add_argument("--data", help="training folder (GT/+LQ/, Rain100 or GoPro layout); default: synthetic pairs")
+    p.add_argument("--val", help="validation folder; default: the fixed synthetic validation set")
+    p.add_argument("--out", help="output folder (default: runs/<task>)")
+    p.add_argument("--resume", help="continue from this checkpoint (its settings win)")
+    p.add_argument("--seed", type=int, default=0, help="seeds every random source (default: 0)")
+    p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--loss", choices=["ml", "noise", "cnn"],
+                   help="ml: eq. 15; noise: eq. 10; cnn: the paper's CNN baseline (L1, LQ -> HQ)")
+    p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
+    p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
+    p.add_argument("--net", help="unet preset: paper, small, tiny")
+    p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
+                   + ", ".join(f"{k} {v['max_sigma']}" for k, v in TASK_SDE.items()) + ")")
+    p.add_argument("--eps", type=float, help="e^{-theta_bar_T} (default 0.005; denoise 0.04)")
+    p.add_argument("--T", type=int, help="number of SDE steps")
+    p.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    p.add_argument("--clip-x0", type=int, choices=[0, 1], help="clip predicted x0 to [0, 1] when sampling")
+    p.add_argument("--sampler", choices=list(irsde.SAMPLERS), help="sampler for validation and sample.py")
+    p.add_argument("--sample-steps", type=int, help="network evaluations per restoration")
+    for name, kind in [("iters", int), ("batch", int), ("crop", int), ("lr", float), ("ema", float),
+                       ("log-every", int), ("val-every", int), ("save-every", int), ("workers", int)]:
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--milestones", type=int, nargs="*", help="steps at which the learning rate halves")
+    p.add_argument("--val-images", type=int, help=f"images validated (default: {data.DEFAULT_VAL_LEN})")
+    return p.parse_args(argv)
+
+
+def fill_defaults(args):
+    """Unset flags take the preset's value, then the task's SDE settings."""
+    args.val_images = args.val_images or data.DEFAULT_VAL_LEN
+    if args.task == "denoise" and args.sampler is None:  # the denoising ODE (eq. 16); DDIM for few steps
+        args.sampler = "ode" if args.preset == "paper" else "ddim"
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.task is not None:
+        for key, value in TASK_SDE[args.task].items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    args.clip_x0 = bool(args.clip_x0)
+    return args
+
+
+def resume_args(given, ckpt, path):
+    """The checkpoint's settings; --out, --device, --compile, --workers and a longer --iters may
+    change, a contradicting --task, --net, --loss or --param is refused."""
+    saved = argparse.Namespace(**ckpt["config"]["args"])
+    for key in ("task", "net", "loss", "param"):
+        if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
+            raise ValueError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
+                             f"{getattr(given, key)}; start a new run instead of --resume")
+    for key in ("workers", "iters"):
+        if getattr(given, key) is not None:
+            setattr(saved, key, getattr(given, key))
+    for key in ("out", "device", "compile", "resume"):  # not part of the run's configuration
+        setattr(saved, key, getattr(given, key))
+    return saved
+
+
+# ---- set-up ------------------------------------------------------------------------------------
+
+def setup_distributed(args):
+    """(rank, world, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
+    cuda = torch.cuda.is_available() if args.device is None else args.device.startswith("cuda")
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    dist.init_process_group("nccl" if cuda else "gloo")
+    rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)
+    return rank, dist.get_world_size(), torch.device(f"cuda:{local}" if cuda else "cpu")
+
+
+def build(args, device):
+    """(net, sde) from the settings: the denoiser and the CNN baseline see no condition input."""
+    cond = args.task != "denoise" and args.loss != "cnn"
+    net = build_unet(args.net, cond=cond).to(device)
+    sde = None if args.loss == "cnn" else irsde.IRSDE(args.max_sigma / 255, args.T, args.schedule, args.eps)
+    return net, sde
+
+
+def run_config(args, net, sde):
+    """Everything sample.py needs to rebuild the model; stored in every checkpoint."""
+    keep = {k: v for k, v in vars(args).items() if k not in ("resume", "device", "out")}
+    return dict(task=args.task, loss=args.loss, param=args.param, net=net.config,
+                sde=None if sde is None else sde.config(), args=keep)
+
+
+class StepSampler(Sampler):
+    """Endless (epoch, index) stream: one seeded permutation per epoch, dealt round-robin to the
+    ranks, starting after `start` samples of this rank, so a resumed run sees the same batches."""
+
+    def __init__(self, n, seed, rank=0, world=1, start=0):
+        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world, start
+
+    def __iter__(self):
+        position, perm, perm_epoch = self.start * self.world + self.rank, None, None
+        while True:
+            epoch, i = divmod(position, self.n)
+            if epoch != perm_epoch:
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+                perm_epoch = epoch
+            yield epoch, int(perm[i])
+            position += self.world
+
+
+class EpochIndexed(torch.utils.data.Dataset):
+    """Lets a sampler choose the epoch together with the index (works inside worker processes)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, idx = key
+        self.dataset.set_epoch(epoch)
+        return self.dataset[idx]
+
+
+def check_writable(out):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"output folder {out} is not writable: {e.strerror or e}") from None
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+def rng_state(generator):
+    """Every random state, as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+                python=random.getstate(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                train=generator.get_state())
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["train"])
+
+
+def save_checkpoint(path, step, net, ema, opt, sched, generator, config):
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    state = dict(model=net.state_dict(), ema=ema.module.state_dict(), ema_n_averaged=ema.n_averaged,
+                 optimizer=opt.state_dict(), scheduler=sched.state_dict(), step=step,
+                 rng=rng_state(generator), config=config)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_resume(path):
+    """The checkpoint to resume, with a clear error when it is unusable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for foreign or damaged files
+        raise ValueError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    missing = {"model", "ema", "optimizer", "scheduler", "step", "rng", "config"} - set(ckpt if isinstance(ckpt, dict) else {})
+    if missing:
+        raise ValueError(f"{path}: not a train.py checkpoint (missing {', '.join(sorted(missing))})")
+    return ckpt
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def validate(net, sde, config, val_set, device, step, out):
+    """Mean PSNR/SSIM (RGB and Y, PAPER.md section 9) of the restored and of the input images,
+    restored exactly as sample.py does; saves a picture LQ | restored | GT of the first images."""
+    args = config["args"]
+    scores, rows = {"restored": [], "input": []}, []
+    for k in range(min(args["val_images"], len(val_set))):
+        lq, gt = val_set[k]
+        generator = torch.Generator(device).manual_seed(args["seed"])  # as sample.py: one per image
+        restored = sample.restore(net, sde, config, lq[None].to(device), generator=generator,
+                                  noise_sigma=data.NOISE_SIGMA)[0].float().cpu()
+        scores["restored"].append(metrics.evaluate(restored, gt, crop_border=4))
+        scores["input"].append(metrics.evaluate(lq.clamp(0, 1), gt, crop_border=4))
+        if k < 4:
+            rows.append(torch.cat([lq.clamp(0, 1), restored, gt], dim=2))
+    data.save_image(torch.cat(rows, dim=1), out / f"val_{step:07d}.png")
+    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
+    result = {f"{key}{suffix}": mean(scores[which], key)
+              for which, suffix in (("restored", ""), ("input", "_input")) for key in scores["restored"][0]}
+    return result
+
+
+def export_val_set(val_set, folder):
+    """Write the synthetic validation pairs as <folder>/LQ and <folder>/GT, so that sample.py can
+    restore and score them like any dataset on disk."""
+    for k in range(len(val_set)):
+        lq, gt = val_set[k]
+        data.save_image(lq.clamp(0, 1), folder / "LQ" / f"{k:03d}.png")
+        data.save_image(gt, folder / "GT" / f"{k:03d}.png")
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def train_step(net, sde, args, lq, gt, generator):
+    """One loss evaluation: the ML loss (eq. 15), noise matching (eq. 10) or the CNN baseline.
+    The network runs under bf16 autocast on CUDA; the SDE arithmetic stays float32."""
+    forward = sample.network(net, gt.device)
+    if args.loss == "cnn":
+        return F.l1_loss(lq + forward(lq, None, None), gt)
+    mu = None if args.task == "denoise" else lq           # denoising SDE: mu = x0 (section 4.3)
+    t = torch.randint(1, sde.T + 1, (gt.shape[0],), generator=generator, device=gt.device)
+    x_t, noise = sde.q_sample(gt, mu, t, generator=generator)
+    noise_pred = irsde.noise_model(forward, sde, args.param)(x_t, mu, t)
+    if args.loss == "noise":
+        return sde.noise_matching_loss(noise_pred, noise)
+    return sde.ml_loss(noise_pred, x_t, gt, mu, t, args.weighting)
+
+
+def check_replicas(net):
+    """DDP keeps the replicas identical; verify it once at the end (a cheap checksum)."""
+    checksum = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"DDP replicas diverged: weight checksums {[g.item() for g in gathered]}")
+    if dist.get_rank() == 0:
+        print(f"{len(gathered)} replicas in sync (weight checksum {gathered[0].item():.6f})")
+
+
+def main(argv=None):
+    args, ckpt = parse_args(argv), None
+    if args.resume:
+        ckpt = load_resume(args.resume)
+        args = resume_args(args, ckpt, args.resume)
+    elif args.task is None:
+        raise ValueError("--task is required (one of " + ", ".join(data.TASKS) + ")")
+    else:
+        args = fill_defaults(args)
+    rank, world, device = setup_distributed(args)
+    train_set = data.make_dataset(args.task, args.data, args.crop, args.seed, "train")
+    val_set = data.make_dataset(args.task, args.val, VAL_CROP, args.seed, "val", n=args.val_images)
+    out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else Path("runs", args.task)
+    if rank == 0:
+        check_writable(out)
+    # Same seed on every rank for the weights; rank-specific noise and time draws.
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed + rank)
+
+    if rank == 0 and args.data is None:
+        print(f"no --data given: training on built-in synthetic {args.task} pairs (data.SyntheticPairs)")
+    if rank == 0 and args.val is None:
+        export_val_set(val_set, out / "val")
+
+    net, sde = build(args, device)
+    config = run_config(args, net, sde)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.5)
+    step = 0
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+        ema.module.load_state_dict(ckpt["ema"])
+        ema.n_averaged.fill_(int(ckpt["ema_n_averaged"]))
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step = ckpt["step"]
+        set_rng_state(ckpt["rng"], generator)
+        del ckpt
+
+    cuda = device.type == "cuda"
+    if cuda:
+        net = net.to(memory_format=torch.channels_last)
+    model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if cuda else None) if world > 1 else net
+    if args.compile:
+        model = torch.compile(model)
+
+    loader = DataLoader(EpochIndexed(train_set), batch_size=args.batch,
+                        sampler=StepSampler(len(train_set), args.seed, rank, world, step * args.batch),
+                        num_workers=args.workers, pin_memory=cuda, persistent_workers=args.workers > 0,
+                        prefetch_factor=4 if args.workers > 0 else None)
+
+    stop = {"signal": None}  # Ctrl-C / SIGTERM: finish the step, save, exit cleanly
+    handlers = {sig: signal.signal(sig, lambda number, frame: stop.update(signal=number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    last = out / "last.pt"
+    if rank == 0:
+        print(f"{args.task}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
+              f"{world} x {device}, batch {args.batch} x {world}, {args.iters} iterations, from step {step}")
+
+    tic, tic_step = time.time(), step
+    for lq, gt in loader:
+        if step >= args.iters or stop["signal"] is not None:
+            break
+        lq = lq.to(device, non_blocking=True)
+        gt = gt.to(device, non_blocking=True)
+        if cuda:
+            lq, gt = lq.contiguous(memory_format=torch.channels_last), gt.contiguous(memory_format=torch.channels_last)
+        loss = train_step(model, sde, args, lq, gt, generator)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; stopped. The last good "
+                                     f"checkpoint is kept ({last}); try a lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.update_parameters(net)
+        step += 1
+
+        if rank == 0 and (step % args.log_every == 0 or step == args.iters):
+            elapsed = time.time() - tic
+            its = (step - tic_step) / max(elapsed, 1e-9)
+            eta = (args.iters - step) / max(its, 1e-9)
+            print(f"step {step:>7d} | loss {loss.item():.5f} | {its:.2f} it/s | {its * args.batch * world:.1f} img/s"
+                  f" | lr {sched.get_last_lr()[0]:.2e} | eta {eta / 60:.1f} min", flush=True)
+            log.write(json.dumps(dict(step=step, loss=loss.item(), lr=sched.get_last_lr()[0], its=its)) + "\n")
+            log.flush()
+        if rank == 0 and (step % args.val_every == 0 or step == args.iters):
+            ema.module.eval()
+            scores = validate(ema.module, sde, config, val_set, device, step, out)
+            ema.module.train()
+            print(f"val {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
+                  f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
+                  f"(input {scores['ssim_input']:.4f})", flush=True)
+            log.write(json.dumps(dict(step=step, **scores)) + "\n")
+            log.flush()
+            tic, tic_step = time.time(), step  # keep validation out of the it/s figures
+        if rank == 0 and (step % args.save_every == 0 or step == args.iters):
+            save_checkpoint(last, step, net, ema, opt, sched, generator, config)
+
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    if world > 1:
+        check_replicas(net)
+    if rank == 0:
+        if stop["signal"] is not None:
+            save_checkpoint(last, step, net, ema, opt, sched, generator, config)
+            print(f"stopped by signal {stop['signal']} at step {step}; resume with: python train.py --resume {last}")
+        print(f"checkpoint: {last}")
+        log.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FloatingPointError) as e:  # data.DataError is a ValueError
+        sys.exit(f"error: {e}")
