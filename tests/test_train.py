@@ -106,7 +106,8 @@ def test_each_loss_decreases_on_a_fixed_batch(loss, param, task):
     assert losses[-1] < 0.95 * losses[0], losses
 
 
-def test_bad_input_fails_before_training(tmp_path, capsys):
+def test_bad_input_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the default output folder runs/ would appear
     (tmp_path / "empty").mkdir()
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -119,7 +120,7 @@ def test_bad_input_fails_before_training(tmp_path, capsys):
     for argv, expected in cases:
         with pytest.raises(ValueError, match=expected):
             train.main([*argv, *FAST, "--iters", "1"])
-        assert not Path("runs").exists()  # failed before creating the default output folder
+        assert not (tmp_path / "runs").exists()  # failed before creating the default output folder
     run(tmp_path / "ok", iters=1)
     with pytest.raises(ValueError, match="task=derain"):
         train.main(["--resume", str(tmp_path / "ok" / "last.pt"), "--task", "deblur"])
