@@ -1,6 +1,6 @@
 """Data for IR-SDE (PAPER.md section 9): image I/O, paired folders, synthetic degradations.
 
-Images are float32 torch tensors (3, H, W) in [0, 1] throughout (CONTRACT.md); the
+Images are float32 torch tensors (3, H, W) in [0, 1] throughout; the
 degradations take and return such tensors and draw all randomness from a numpy
 `np.random.Generator`, so every pair is a pure function of its seed.
 

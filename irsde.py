@@ -1,6 +1,6 @@
 """The mean-reverting SDE of IR-SDE (Luo et al., ICML 2023), in the reference code's discretisation.
 
-Equation numbers follow the paper; ../shared/PAPER.md (kept in the repository's docs) restates them.
+Equation numbers follow the paper; PAPER.md in this repository restates them.
 Images live in [0, 1]; `max_sigma` (lambda) is on that scale, so the reference's `max_sigma: 10`
 is 10/255 here.
 

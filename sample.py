@@ -82,7 +82,7 @@ def _read_checkpoint(path):
 
 
 def _missing_keys(ckpt):
-    """Names of the entries sample.py needs that the checkpoint lacks (CONTRACT.md)."""
+    """Names of the entries sample.py needs that the checkpoint lacks (see train.save_checkpoint)."""
     if not isinstance(ckpt, dict):
         return ["everything (it is not a dict)"]
     missing = [] if ckpt.get("ema") or ckpt.get("model") else ["'ema'/'model' weights"]

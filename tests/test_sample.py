@@ -44,7 +44,7 @@ def make_config(net, sde, task="derain", loss="ml", param="noise", args=None):
 
 
 def save_checkpoint(path, task="derain", loss="ml", sde=None, args=None):
-    """A checkpoint as train.py writes it (CONTRACT.md); returns (net, sde, config)."""
+    """A checkpoint laid out as train.save_checkpoint writes it; returns (net, sde, config)."""
     cond = task != "denoise" and loss != "cnn"
     net = make_net(cond)
     if sde is None and loss != "cnn":
