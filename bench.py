@@ -34,9 +34,7 @@ def bench_train(args, device):
         net, sde = train.build(targs, device)
         cuda = device.type == "cuda"
         model = torch.compile(net) if args.compile else net
-        opt = torch.optim.Adam(net.parameters(), lr=targs.lr, betas=(0.9, 0.99))
-        ema = torch.optim.swa_utils.AveragedModel(
-            net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(targs.ema), use_buffers=True)
+        opt, _, ema = train.optimizers(targs, net)
         ds = data.make_dataset("derain", crop=targs.crop)
         lq, gt = (torch.stack(x).to(device) for x in zip(*[ds[i] for i in range(targs.batch)]))
         generator = torch.Generator(device).manual_seed(0)
@@ -74,9 +72,8 @@ def bench_sample(args, device):
     print(f"| sampler | NFE | PSNR-Y (dB) | PSNR (dB) | s / image | ({machine(device)}, {len(pairs)} images "
           f"{train.VAL_CROP}x{train.VAL_CROP}, {args.checkpoint})")
     print("|---|---|---|---|---|")
-    inputs = [metrics.evaluate(lq.clamp(0, 1), gt) for lq, gt in pairs]
-    print(f"| input (LQ) | 0 | {sum(r['psnr_y'] for r in inputs) / len(inputs):.2f} | "
-          f"{sum(r['psnr'] for r in inputs) / len(inputs):.2f} | - |")
+    inputs = sample.mean_row([metrics.evaluate(lq.clamp(0, 1), gt) for lq, gt in pairs])
+    print(f"| input (LQ) | 0 | {inputs['psnr_y']:.2f} | {inputs['psnr']:.2f} | - |")
     for sampler in args.samplers:
         for steps in args.steps:
             scores, start = [], time.perf_counter()
@@ -88,8 +85,8 @@ def bench_sample(args, device):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / len(pairs)
-            print(f"| {sampler} | {steps} | {sum(r['psnr_y'] for r in scores) / len(scores):.2f} | "
-                  f"{sum(r['psnr'] for r in scores) / len(scores):.2f} | {seconds:.3f} |", flush=True)
+            mean = sample.mean_row(scores)
+            print(f"| {sampler} | {steps} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |", flush=True)
 
 
 def main():

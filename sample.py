@@ -55,7 +55,7 @@ def load_checkpoint(path, device="cpu"):
     (the raw "model" weights if there is no EMA) and IRSDE(**config["sde"]), or sde None for the
     CNN baseline (loss "cnn"). ValueError naming the file for anything unusable."""
     path = Path(path)
-    ckpt = _read_checkpoint(path)
+    ckpt = read_checkpoint(path)
     config = ckpt["config"]
     try:
         net = UNet(**config["net"])
@@ -66,9 +66,10 @@ def load_checkpoint(path, device="cpu"):
     return net.to(device).eval(), sde, config
 
 
-def _read_checkpoint(path):
+def read_checkpoint(path):
     """The checkpoint dict, loaded with weights_only=True: plain data and tensors only; a pickle
-    that would run code is refused."""
+    that would run code is refused. ValueError naming the file when it is missing or unusable."""
+    path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
     try:

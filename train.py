@@ -16,7 +16,6 @@ needs nothing else and train/test settings cannot disagree.
 """
 import argparse
 import json
-import math
 import os
 import random
 import signal
@@ -148,6 +147,14 @@ def build(args, device):
     return net, sde
 
 
+def optimizers(args, net):
+    """Adam (0.9, 0.99), the learning rate halved at each milestone, and the EMA of the weights."""
+    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.5)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    return opt, sched, ema
+
+
 def run_config(args, net, sde):
     """Everything sample.py needs to rebuild the model; stored in every checkpoint."""
     keep = {k: v for k, v in vars(args).items() if k not in ("resume", "device", "out")}
@@ -231,14 +238,8 @@ def save_checkpoint(path, step, net, ema, opt, sched, generator, config):
 
 def load_resume(path):
     """The checkpoint to resume, with a clear error when it is unusable."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for foreign or damaged files
-        raise ValueError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
-    missing = {"model", "ema", "optimizer", "scheduler", "step", "rng", "config"} - set(ckpt if isinstance(ckpt, dict) else {})
+    ckpt = sample.read_checkpoint(path)
+    missing = {"model", "ema", "optimizer", "scheduler", "step", "rng"} - set(ckpt)
     if missing:
         raise ValueError(f"{path}: not a train.py checkpoint (missing {', '.join(sorted(missing))})")
     return ckpt
@@ -262,10 +263,8 @@ def validate(net, sde, config, val_set, device, step, out):
         if k < 4:
             rows.append(torch.cat([lq.clamp(0, 1), restored, gt], dim=2))
     data.save_image(torch.cat(rows, dim=1), out / f"val_{step:07d}.png")
-    mean = lambda rs, key: sum(r[key] for r in rs) / len(rs)
-    result = {f"{key}{suffix}": mean(scores[which], key)
-              for which, suffix in (("restored", ""), ("input", "_input")) for key in scores["restored"][0]}
-    return result
+    restored, given = sample.mean_row(scores["restored"]), sample.mean_row(scores["input"])
+    return {**restored, **{f"{key}_input": value for key, value in given.items()}}
 
 
 def export_val_set(val_set, folder):
@@ -333,9 +332,7 @@ def main(argv=None):
 
     net, sde = build(args, device)
     config = run_config(args, net, sde)
-    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.5)
+    opt, sched, ema = optimizers(args, net)
     step = 0
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])

@@ -1,6 +1,5 @@
 """Tests for metrics.py: hand computations, invariants and an independent naive SSIM (PAPER.md section 9)."""
 import math
-import os
 import sys
 import types
 

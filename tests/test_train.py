@@ -4,14 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 import data
-import irsde
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
