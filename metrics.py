@@ -1,4 +1,4 @@
-"""Image-quality metrics with the reference code's conventions (PAPER.md section 9).
+"""Image-quality metrics with the reference code's conventions (PAPER.md §9).
 
 Outputs are clamped to [0, 1] and rounded to uint8 before anything is measured; PSNR and SSIM
 then work in float64 on the 0-255 scale, after cutting `crop_border` pixels from every side of
@@ -12,7 +12,7 @@ import os
 import numpy as np
 import torch
 
-C1 = (0.01 * 255) ** 2  # SSIM stabilisers for a 255 peak (PAPER.md section 9)
+C1 = (0.01 * 255) ** 2  # SSIM stabilisers for a 255 peak (PAPER.md §9)
 C2 = (0.03 * 255) ** 2
 WINDOW = 11  # SSIM Gaussian window size and width
 SIGMA = 1.5
@@ -20,7 +20,7 @@ LPIPS_SKIPPED = "LPIPS skipped: the lpips package (and its AlexNet weights) is n
 
 
 def to_uint8(img):
-    """Float (3,H,W) image in [0,1] (tensor or array) -> HxWxC uint8 array (PAPER.md section 9).
+    """Float (3,H,W) image in [0,1] (tensor or array) -> HxWxC uint8 array (PAPER.md §9).
 
     Like the reference's tensor2img: float32, clamp to [0, 1], then (x * 255).round() with numpy's
     round-half-to-even. Also accepts (1,3,H,W), (1,H,W) or (H,W) floats, and HxW / HxWx1 / HxWx3
@@ -52,7 +52,7 @@ def to_uint8(img):
 
 
 def rgb_to_y(img_uint8):
-    """BT.601 luma, MATLAB style, float64 HxW on the 0-255 scale (PAPER.md section 9).
+    """BT.601 luma, MATLAB style, float64 HxW on the 0-255 scale (PAPER.md §9).
 
     Y = 16 + 65.481 R + 128.553 G + 24.966 B with R, G, B = uint8 / 255, not re-rounded: the
     reference's bgr2ycbcr(img / 255., only_y=True) * 255 (it feeds BGR and orders the weights
@@ -82,7 +82,7 @@ def _prepare(a, b, crop_border, y):
 
 
 def psnr(a, b, crop_border=4, y=False):
-    """PSNR in dB with peak 255 in float64 (PAPER.md section 9); inf for identical images."""
+    """PSNR in dB with peak 255 in float64 (PAPER.md §9); inf for identical images."""
     a, b = _prepare(a, b, crop_border, y)
     mse = np.mean((a - b) ** 2)
     if mse == 0:
@@ -118,7 +118,7 @@ def _ssim_channel(x, y):
 
 
 def ssim(a, b, crop_border=4, y=False):
-    """SSIM, 11x11 Gaussian window (sigma 1.5), valid region, mean over channels (PAPER.md section 9)."""
+    """SSIM, 11x11 Gaussian window (sigma 1.5), valid region, mean over channels (PAPER.md §9)."""
     a, b = _prepare(a, b, crop_border, y)
     if min(a.shape[:2]) < WINDOW:
         raise ValueError(f"metrics.py: SSIM needs at least {WINDOW}x{WINDOW} pixels after cropping, got {a.shape[:2]}")
@@ -126,7 +126,7 @@ def ssim(a, b, crop_border=4, y=False):
 
 
 def evaluate(restored, gt, crop_border=4):
-    """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md section 9)."""
+    """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md §9)."""
     restored, gt = to_uint8(restored), to_uint8(gt)  # round once, reuse for all four metrics
     return {
         "psnr": psnr(restored, gt, crop_border),
@@ -154,7 +154,7 @@ def _lpips_net():
 
 
 def lpips_or_none(restored, gt):
-    """LPIPS (AlexNet, inputs mapped to [-1, 1]; PAPER.md section 9) or None when unavailable.
+    """LPIPS (AlexNet, inputs mapped to [-1, 1]; PAPER.md §9) or None when unavailable.
 
     Never downloads. On None the caller prints LPIPS_SKIPPED once. Float inputs are clamped to
     [0, 1] but not rounded (the reference feeds its float outputs); uint8 arrays are divided by 255.

@@ -1,4 +1,4 @@
-"""Restore images with a trained IR-SDE checkpoint and measure them (PAPER.md sections 5, 7, 9, 10).
+"""Restore images with a trained IR-SDE checkpoint and measure them (PAPER.md §5, §7, §9, §10).
 
 Examples:
 
@@ -9,7 +9,7 @@ Examples:
     # 10-step deterministic sampling of one image against its GT, with the paper's Fig. 6 strip
     python sample.py --checkpoint ckpt.pt --input lq.png --gt gt.png --output out/ \\
         --sampler ddim --steps 10 --trajectory
-    # Gaussian denoising at sigma = 25 (0-255 scale) with the denoising ODE (section 5)
+    # Gaussian denoising at sigma = 25 (0-255 scale), from t* with the checkpoint's sampler (PAPER.md §5)
     python sample.py --checkpoint denoise.pt --input noisy/ --output out/ --noise-sigma 25
     # a large image, network evaluated on 512 x 512 tiles (bounded memory, no seams)
     python sample.py --checkpoint ckpt.pt --input big.png --output out/ --tile 512
@@ -19,9 +19,9 @@ data.find_pairs knows (GT/ + LQ/, Rain100 rain-N/norain-N, GoPro blur/sharp); th
 comes from the pairs. --gt is an image or a folder paired with the inputs by sorted file name.
 
 Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
-and on Y with --crop-border pixels cut, PAPER.md section 9); DIR/compare/<stem>.png (LQ |
-restored | GT) with --compare; DIR/trajectory/<stem>.png (intermediate states towards x_0)
-with --trajectory.
+and on Y with --crop-border pixels cut, PAPER.md §9); DIR/compare/<stem>.png (LQ |
+restored | GT) with --compare; DIR/trajectory/<stem>.png (intermediate states towards x_0 on
+top, the network's x0 prediction at each of them below) with --trajectory.
 
 Seeds: every image gets its own generator seeded with --seed, so an image's result does not
 depend on which other images are in the folder; the same command gives the same numbers on CPU
@@ -50,13 +50,39 @@ GAP = 4  # white pixels between the pictures of a strip
 
 # ---- checkpoint ------------------------------------------------------------------------------
 
+def make_config(args, net, sde):
+    """The run configuration stored in every train.py checkpoint (the one place that writes it):
+    {task, loss, param, net, sde, sampling: {sampler, steps, clip_x0}} is what sample.py rebuilds
+    the model from; `args` (every train.py flag) is kept for the record and for --resume."""
+    record = {k: v for k, v in vars(args).items() if k not in ("resume", "device", "out")}
+    return dict(task=args.task, loss=args.loss, param=args.param, net=net.config,
+                sde=None if sde is None else sde.config(),
+                sampling=dict(sampler=args.sampler, steps=args.sample_steps, clip_x0=args.clip_x0),
+                args=record)
+
+
+def read_config(config):
+    """A checkpoint's configuration in the current layout (the one place that reads it). Checkpoints
+    written before the layout had `sampling` kept those settings in `args` and named lambda
+    `max_sigma`; they are translated here."""
+    config = dict(config)
+    if config.get("sde") is not None and "max_sigma" in config["sde"]:
+        config["sde"] = {("lam" if k == "max_sigma" else k): v for k, v in config["sde"].items()}
+    if "sampling" not in config:
+        args = config.get("args", {})
+        sampler = args.get("sampler") or ("ode" if config["task"] == "denoise" else "posterior")
+        config["sampling"] = dict(sampler=sampler, steps=args.get("sample_steps"),
+                                  clip_x0=bool(args.get("clip_x0", False)))
+    return config
+
+
 def load_checkpoint(path, device="cpu"):
     """(net, sde, config) from a train.py checkpoint: UNet(**config["net"]) with the EMA weights
     (the raw "model" weights if there is no EMA) and IRSDE(**config["sde"]), or sde None for the
     CNN baseline (loss "cnn"). ValueError naming the file for anything unusable."""
     path = Path(path)
     ckpt = read_checkpoint(path)
-    config = ckpt["config"]
+    config = read_config(ckpt["config"])
     try:
         net = UNet(**config["net"])
         net.load_state_dict(ckpt.get("ema") or ckpt["model"])
@@ -96,35 +122,25 @@ def _missing_keys(ckpt):
 
 # ---- restoration -----------------------------------------------------------------------------
 
-def default_sampler(config):
-    """The denoising ODE for Gaussian denoising (section 5); otherwise the checkpoint's sampler,
-    else posterior sampling (section 10: better than the ODE)."""
-    return config.get("args", {}).get("sampler") or ("ode" if config["task"] == "denoise" else "posterior")
-
-
-def default_steps(config):
-    """The checkpoint's sampling step count; None = every index (the reference's T steps)."""
-    return config.get("args", {}).get("sample_steps")
-
-
 @torch.no_grad()
 def restore(net, sde, config, lq, sampler=None, steps=None, generator=None, noise_sigma=None,
             tile=None, overlap=32, callback=None, clip_x0=None):
     """Restored (B,3,H,W) in [0, 1] from the LQ batch lq (B,3,H,W).
 
     CNN baseline: lq + net(lq) in one pass. Denoising: the noisy image is the state at t* of the
-    denoising SDE (section 5); noise_sigma on the [0, 1] scale. Otherwise x_T = lq + lambda z is
-    run back to x_0 by the sampler (section 6 / 7). tile: evaluate the network on tile x tile
-    windows overlapping by `overlap` pixels (see `tiled`). callback(i, x) sees each state.
+    denoising SDE (PAPER.md §5); noise_sigma on the [0, 1] scale. Otherwise x_T = lq + lambda z is
+    run back to x_0 by the sampler (PAPER.md §6, §7). sampler, steps and clip_x0 default to the
+    checkpoint's `sampling` settings. tile: evaluate the network on tile x tile windows
+    overlapping by `overlap` pixels (see `tiled`). callback(dict(i, t, x, x0)) sees each step.
     """
-    args = config.get("args", {})
     model = network(net, lq.device, tile, overlap)
     if config["loss"] == "cnn":
         return (lq + model(lq, None, None)).clamp(0, 1)
     model = irsde.noise_model(model, sde, config.get("param", "noise"))
-    sampler = sampler or default_sampler(config)
-    steps = steps or default_steps(config)
-    clip_x0 = args.get("clip_x0", False) if clip_x0 is None else clip_x0
+    sampling = config["sampling"]
+    sampler = sampler or sampling["sampler"]
+    steps = steps or sampling["steps"]
+    clip_x0 = sampling["clip_x0"] if clip_x0 is None else clip_x0
     kwargs = dict(generator=generator, callback=callback, clip_x0=clip_x0)
     if config["task"] == "denoise":
         if noise_sigma is None:
@@ -145,7 +161,7 @@ def network(net, device, tile=None, overlap=32):
 
 
 def tiled(net, tile, overlap):
-    """f(x, mu, t) computed on overlapping tile x tile windows and blended (PAPER.md section 10).
+    """f(x, mu, t) computed on overlapping tile x tile windows and blended (PAPER.md §10).
 
     Only the network call is tiled: the sampler still steps the full-size state with one
     full-size noise draw per step, so the noise equals the untiled run's and the blend weights
@@ -195,18 +211,25 @@ def _windows(n, tile, overlap):
 # ---- trajectory and pictures -----------------------------------------------------------------
 
 class Trajectory:
-    """Sampler callback keeping ~8 evenly spaced states down to x_0 (the paper's Fig. 6)."""
+    """Sampler callback keeping ~8 evenly spaced steps down to x_0 (the paper's Fig. 6): the
+    states x_t and, below them, the network's x0 prediction at each of those steps."""
 
     def __init__(self, sde, config, steps, noise_sigma):
         t_start = sde.start_index(noise_sigma) if config["task"] == "denoise" else sde.T
-        indices = irsde.timesteps(sde, steps or default_steps(config), t_start)[1:]
+        indices = irsde.timesteps(sde, steps or config["sampling"]["steps"], t_start)[1:]
         picks = torch.linspace(0, len(indices) - 1, min(TRAJECTORY_STATES, len(indices)))
         self.keep = {indices[k] for k in picks.round().long().tolist()}  # first state ... x_0
-        self.states = []
+        self.states, self.predictions = [], []
 
-    def __call__(self, i, x):
-        if i in self.keep:
-            self.states.append(x[0].float().clamp(0, 1).cpu())
+    def __call__(self, step):
+        if step["t"] in self.keep:
+            self.states.append(step["x"][0].float().clamp(0, 1).cpu())
+            self.predictions.append(step["x0"][0].float().clamp(0, 1).cpu())
+
+    def picture(self):
+        """States on top, x0 predictions below, separated by a white gap."""
+        top, bottom = strip(self.states), strip(self.predictions)
+        return torch.cat([top, torch.ones(3, GAP, top.shape[2]), bottom], dim=1)
 
 
 def strip(images):
@@ -294,7 +317,7 @@ COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y")
 
 
 def measure(name, restored, gt, crop_border):
-    """PSNR / SSIM on RGB and Y, plus LPIPS where it is installed (PAPER.md section 9)."""
+    """PSNR / SSIM on RGB and Y, plus LPIPS where it is installed (PAPER.md §9)."""
     row = dict(image=name, **metrics.evaluate(restored, gt, crop_border))
     lpips = metrics.lpips_or_none(restored, gt)
     if lpips is not None:
@@ -340,7 +363,7 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--gt", help="GT image or folder, paired with the inputs by sorted file name")
     p.add_argument("--sampler", choices=sorted(irsde.SAMPLERS),
-                   help="default: ode for denoising, else the checkpoint's, else posterior")
+                   help="default: the checkpoint's (train.py stores ode for paper-preset denoising, ddim for tiny)")
     p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's, else T)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image")
     p.add_argument("--noise-sigma", type=float,
@@ -348,7 +371,7 @@ def parse_args(argv=None):
     p.add_argument("--tile", type=int, help="evaluate the network on tiles of this size (large images)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     p.add_argument("--compare", action="store_true", help="also write LQ | restored | GT pictures")
-    p.add_argument("--trajectory", action="store_true", help="also write intermediate states (Fig. 6)")
+    p.add_argument("--trajectory", action="store_true", help="also write intermediate states and x0 predictions (Fig. 6)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
     p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each side for metrics")
     return p.parse_args(argv)
@@ -400,9 +423,9 @@ def run(args):
         print(line, flush=True)
     if rows:
         print_table(rows)
-        sampler = None if sde is None else args.sampler or default_sampler(config)
+        sampler = None if sde is None else args.sampler or config["sampling"]["sampler"]
         write_metrics(out, rows, dict(checkpoint=str(args.checkpoint), task=config["task"], sampler=sampler,
-                                      steps=args.steps or default_steps(config), seed=args.seed,
+                                      steps=args.steps or config["sampling"]["steps"], seed=args.seed,
                                       crop_border=args.crop_border))
     print(f"{len(jobs)} image(s) written to {out}")
 
@@ -426,7 +449,7 @@ def restore_file(args, net, sde, config, lq_path, gt_path, out, name):
     if args.compare:
         save_image(strip([lq, restored] + ([gt] if gt is not None else [])), out / "compare" / f"{name}.png")
     if trajectory is not None:
-        save_image(strip(trajectory.states), out / "trajectory" / f"{name}.png")
+        save_image(trajectory.picture(), out / "trajectory" / f"{name}.png")
     return restored, gt
 
 

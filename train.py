@@ -38,15 +38,15 @@ from unet import build_unet
 
 VAL_CROP = 128  # synthetic validation images are 128 x 128 whatever the training crop
 
-# Per-task SDE settings of the reference configs (PAPER.md sections 5, 6): lambda on the 0-255 scale.
+# Per-task SDE settings of the reference configs (PAPER.md §5, §6): lambda on the 0-255 scale.
 TASK_SDE = {
     "derain": dict(max_sigma=10, eps=0.005), "deblur": dict(max_sigma=10, eps=0.005),
     "sr": dict(max_sigma=30, eps=0.005), "inpaint": dict(max_sigma=30, eps=0.005),
     "dehaze": dict(max_sigma=30, eps=0.005), "denoise": dict(max_sigma=70, eps=0.04),
 }
 
-# "paper": the reference recipe (section 8). "tiny": sized for a 2-core CPU in about 10 minutes;
-# see the README for what it changes and why (section 11: the paper's recipe scaled down does not restore).
+# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in about 10 minutes;
+# see the README for what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4,
                   milestones=[200_000, 400_000, 600_000], loss="ml", param="noise", weighting="uniform", ema=0.995,
@@ -64,12 +64,12 @@ def parse_args(argv=None):
                                 epilog="preset defaults (explicit flags override):\n" + "\n".join(
                                     f"  {k}: {json.dumps(v)}" for k, v in PRESETS.items()))
     p.add_argument("--task", choices=data.TASKS, help="restoration task (required unless --resume)")
-    p.add_argument("--preset", choices=PRESETS, default="paper", help="recipe defaults (default: paper)")
+    p.add_argument("--preset", choices=PRESETS, help="recipe defaults (default: paper)")
     p.add_argument("--data", help="training folder (GT/+LQ/, Rain100 or GoPro layout); default: synthetic pairs")
     p.add_argument("--val", help="validation folder; default: the fixed synthetic validation set")
     p.add_argument("--out", help="output folder (default: runs/<task>)")
     p.add_argument("--resume", help="continue from this checkpoint (its settings win)")
-    p.add_argument("--seed", type=int, default=0, help="seeds every random source (default: 0)")
+    p.add_argument("--seed", type=int, help="seeds every random source (default: 0)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--loss", choices=["ml", "noise", "cnn"],
@@ -95,6 +95,8 @@ def parse_args(argv=None):
 
 def fill_defaults(args):
     """Unset flags take the preset's value, then the task's SDE settings."""
+    args.preset = args.preset or "paper"
+    args.seed = 0 if args.seed is None else args.seed
     args.val_images = args.val_images or data.DEFAULT_VAL_LEN
     if args.task == "denoise" and args.sampler is None:  # the denoising ODE (eq. 16); DDIM for few steps
         args.sampler = "ode" if args.preset == "paper" else "ddim"
@@ -109,20 +111,33 @@ def fill_defaults(args):
     return args
 
 
+RESUME_MAY_CHANGE = ("out", "device", "compile", "workers", "iters", "resume")  # not part of the recipe
+
+
 def resume_args(given, ckpt, path):
-    """The checkpoint's settings; --out, --device, --compile, --workers and a longer --iters may
-    change, a contradicting --task, --net, --loss or --param is refused."""
+    """The checkpoint's settings. --out, --device, --compile, --workers and --iters may change; any
+    other flag that differs from the checkpoint's value would be ignored, so it is refused."""
     saved = argparse.Namespace(**ckpt["config"]["args"])
     for key in ("task", "net", "loss", "param"):
         if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
             raise ValueError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
                              f"{getattr(given, key)}; start a new run instead of --resume")
-    for key in ("workers", "iters"):
-        if getattr(given, key) is not None:
+    ignored = [f"--{key.replace('_', '-')} (the run has {getattr(saved, key, None)!r})"
+               for key, value in vars(given).items()
+               if key not in RESUME_MAY_CHANGE and value not in (None, False)
+               and _normalised(key, value) != getattr(saved, key, None)]
+    if ignored:
+        raise ValueError(f"{path}: --resume continues the run with its own settings and would ignore "
+                         f"{', '.join(ignored)}; drop them, or start a new run with --out")
+    for key in RESUME_MAY_CHANGE:
+        if key in ("out", "device", "compile", "resume") or getattr(given, key) is not None:
             setattr(saved, key, getattr(given, key))
-    for key in ("out", "device", "compile", "resume"):  # not part of the run's configuration
-        setattr(saved, key, getattr(given, key))
     return saved
+
+
+def _normalised(key, value):
+    """A flag's value as the checkpoint stores it (--clip-x0 1 is stored as True)."""
+    return bool(value) if key == "clip_x0" else value
 
 
 # ---- set-up ------------------------------------------------------------------------------------
@@ -153,13 +168,6 @@ def optimizers(args, net):
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.5)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
     return opt, sched, ema
-
-
-def run_config(args, net, sde):
-    """Everything sample.py needs to rebuild the model; stored in every checkpoint."""
-    keep = {k: v for k, v in vars(args).items() if k not in ("resume", "device", "out")}
-    return dict(task=args.task, loss=args.loss, param=args.param, net=net.config,
-                sde=None if sde is None else sde.config(), args=keep)
 
 
 class StepSampler(Sampler):
@@ -249,7 +257,7 @@ def load_resume(path):
 
 @torch.no_grad()
 def validate(net, sde, config, val_set, device, step, out):
-    """Mean PSNR/SSIM (RGB and Y, PAPER.md section 9) of the restored and of the input images,
+    """Mean PSNR/SSIM (RGB and Y, PAPER.md §9) of the restored and of the input images,
     restored exactly as sample.py does; saves a picture LQ | restored | GT of the first images."""
     args = config["args"]
     scores, rows = {"restored": [], "input": []}, []
@@ -284,13 +292,13 @@ def train_step(net, sde, args, lq, gt, generator):
     forward = sample.network(net, gt.device)
     if args.loss == "cnn":
         return F.l1_loss(lq + forward(lq, None, None), gt)
-    mu = None if args.task == "denoise" else lq           # denoising SDE: mu = x0 (section 4.3)
+    mu = None if args.task == "denoise" else lq           # denoising SDE: mu = x0 (Sec. 4.3)
     t = torch.randint(1, sde.T + 1, (gt.shape[0],), generator=generator, device=gt.device)
-    x_t, noise = sde.q_sample(gt, mu, t, generator=generator)
+    x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
     noise_pred = irsde.noise_model(forward, sde, args.param)(x_t, mu, t)
     if args.loss == "noise":
         return sde.noise_matching_loss(noise_pred, noise)
-    return sde.ml_loss(noise_pred, x_t, gt, mu, t, args.weighting)
+    return sde.ml_loss(x_t, mu, gt, noise_pred, t, args.weighting)
 
 
 def check_replicas(net):
@@ -331,7 +339,7 @@ def main(argv=None):
         export_val_set(val_set, out / "val")
 
     net, sde = build(args, device)
-    config = run_config(args, net, sde)
+    config = sample.make_config(args, net, sde)
     opt, sched, ema = optimizers(args, net)
     step = 0
     if ckpt is not None:

@@ -45,20 +45,20 @@ def reference_theta(name, T):
 @given(sdes())
 def test_schedule_matches_independent_derivation(sde):
     theta = reference_theta(sde.schedule, sde.T)
-    np.testing.assert_allclose(sde.theta.numpy(), theta, rtol=1e-12)
+    np.testing.assert_allclose(sde.theta_rate.numpy(), theta, rtol=1e-12)
     Theta = np.concatenate([[0.0], np.cumsum(theta[1:])])
     dt = -math.log(sde.eps) / Theta[-1]
     np.testing.assert_allclose(sde.theta_bar.numpy(), Theta * dt, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(sde.theta_prime.numpy(), theta * dt, rtol=1e-12)
     assert math.exp(-sde.theta_bar[-1].item()) == pytest.approx(sde.eps, rel=1e-12)
     assert np.all(np.diff(sde.theta_bar.numpy()) > 0)
-    np.testing.assert_allclose((sde.sigma**2 / sde.theta).numpy(), 2 * sde.lam**2, rtol=1e-12)
+    np.testing.assert_allclose((sde.sigma_rate**2 / sde.theta_rate).numpy(), 2 * sde.lam**2, rtol=1e-12)
     np.testing.assert_allclose(sde.v.numpy(), sde.lam**2 * (1 - np.exp(-2 * Theta * dt)), rtol=1e-12)
 
 
 def test_bad_parameters_raise_clear_errors():
     with pytest.raises(ValueError, match="/255"):
-        IRSDE(max_sigma=10)
+        IRSDE(lam=10)
     with pytest.raises(ValueError, match="schedule"):
         IRSDE(schedule="quadratic")
     with pytest.raises(ValueError, match="eps"):
@@ -80,7 +80,7 @@ def test_marginal_matches_monte_carlo_of_the_sde(sde, x0, mu, data):
         h = sde.theta_prime[i].item() / sub  # theta_z dz over one substep
         for _ in range(sub):
             x += h * (mu - x) + math.sqrt(2 * sde.lam**2 * h) * rng.standard_normal(n)
-    m = sde.mean(torch.tensor([x0]), torch.tensor([mu]), t).item()
+    m = sde.mean(torch.tensor([mu]), torch.tensor([x0]), t).item()
     v = sde.v[t].item()
     assert abs(x.mean() - m) < 5 * math.sqrt(v / n) + 1e-3 * abs(x0 - mu)
     assert x.var() == pytest.approx(v, rel=0.05)
@@ -99,7 +99,7 @@ def test_transition_variance_equals_quadrature(sde, data):
         rate = sde.theta_prime[j].item()    # d theta_bar / dz on this interval
         theta_bar_zt = sde.theta_bar[t].item() - sde.theta_bar[j].item() + rate * (j - z)
         total += 0.5 * np.sum(weights * 2 * sde.lam**2 * rate * np.exp(-2 * theta_bar_zt))
-    _, var = sde.transition(torch.zeros(1), torch.zeros(1), s, t)
+    _, var = sde.transition(torch.zeros(1), torch.zeros(1), t, s)
     assert total == pytest.approx(var, rel=1e-9)
 
 
@@ -110,10 +110,10 @@ def test_chapman_kolmogorov(sde, x0, mu, data):
     s = data.draw(st.integers(0, sde.T - 1))
     t = data.draw(st.integers(s + 1, sde.T))
     x0, mu = torch.tensor([x0], dtype=torch.float64), torch.tensor([mu], dtype=torch.float64)
-    m_s, v_s = sde.transition(x0, mu, 0, s)
-    m_t, v_st = sde.transition(m_s, mu, s, t)
+    m_s, v_s = sde.transition(x0, mu, s, 0)
+    m_t, v_st = sde.transition(m_s, mu, t, s)
     decay = math.exp(sde.theta_bar[s].item() - sde.theta_bar[t].item())
-    assert m_t.item() == pytest.approx(sde.mean(x0, mu, t).item(), abs=1e-12)
+    assert m_t.item() == pytest.approx(sde.mean(mu, x0, t).item(), abs=1e-12)
     assert decay**2 * v_s + v_st == pytest.approx(sde.v[t].item(), rel=1e-10)
 
 
@@ -123,14 +123,14 @@ def test_q_sample_moments_and_forward_steps():
     x0, mu = torch.full((n, 1), 0.8, dtype=torch.float64), torch.full((n, 1), 0.3, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     t = torch.full((n,), 75)
-    x_t, noise = sde.q_sample(x0, mu, t, generator=g)
-    assert torch.allclose(x_t, sde.mean(x0, mu, t) + sde.std(t, x0) * noise)
-    assert x_t.mean().item() == pytest.approx(sde.mean(x0[:1], mu[:1], 75).item(), abs=5e-3)
+    x_t, noise = sde.q_sample(mu, x0, t, generator=g)
+    assert torch.allclose(x_t, sde.mean(mu, x0, t) + sde.std(x0, t) * noise)
+    assert x_t.mean().item() == pytest.approx(sde.mean(mu[:1], x0[:1], 75).item(), abs=5e-3)
     assert x_t.var().item() == pytest.approx(sde.v[75].item(), rel=0.03)
     x = x0.clone()
     for i in range(1, sde.T + 1):
         x = sde.forward_step(x, mu, i, generator=g)
-    assert x.mean().item() == pytest.approx(sde.mean(x0[:1], mu[:1], sde.T).item(), abs=5e-3)
+    assert x.mean().item() == pytest.approx(sde.mean(mu[:1], x0[:1], sde.T).item(), abs=5e-3)
     assert x.var().item() == pytest.approx(sde.v[-1].item(), rel=0.04)
 
 
@@ -144,10 +144,10 @@ def test_score_is_gradient_of_log_density_and_conversions_round_trip(sde, data):
     x0, mu = torch.rand(2, 3, 4, 4, generator=g, dtype=torch.float64).unbind(0)
     x0, mu = x0[None], mu[None]
     x = torch.randn(1, 3, 4, 4, generator=g, dtype=torch.float64).requires_grad_()
-    m, v = sde.mean(x0, mu, t), sde.v[t].item()
+    m, v = sde.mean(mu, x0, t), sde.v[t].item()
     log_p = (-(x - m) ** 2 / (2 * v) - 0.5 * math.log(2 * math.pi * v)).sum()
     (grad,) = torch.autograd.grad(log_p, x)
-    score = sde.conditional_score(x.detach(), x0, mu, t)
+    score = sde.conditional_score(x.detach(), mu, x0, t)
     torch.testing.assert_close(score, grad)
     noise = (x.detach() - m) / math.sqrt(v)                          # eq. 9: score = -eps / sqrt(v)
     torch.testing.assert_close(sde.score_from_noise(noise, t), score)
@@ -173,9 +173,9 @@ def test_optimal_reverse_is_gaussian_conditional(sde, x0, mu, x_t, data):
     cond_mean = mean_s + cov[0, 1] / cov[1, 1] * (x_t - mean_t)
     cond_var = cov[0, 0] - cov[0, 1] ** 2 / cov[1, 1]
     T64 = lambda a: torch.tensor([[a]], dtype=torch.float64)
-    got = sde.optimal_reverse(T64(x_t), T64(x0), T64(mu), t, s).item()
+    got = sde.optimal_reverse(T64(x_t), T64(mu), T64(x0), t, s).item()
     assert got == pytest.approx(cond_mean, abs=1e-9)
-    assert sde.posterior_std(t, s, T64(0)).item() ** 2 == pytest.approx(cond_var, abs=1e-12)
+    assert sde.posterior_std(T64(0), t, s).item() ** 2 == pytest.approx(cond_var, abs=1e-12)
 
 
 @SETTINGS
@@ -184,11 +184,11 @@ def test_optimal_reverse_minimises_the_negative_log_likelihood(sde, x0, mu, x_t,
     """eq. 13: the NLL of eq. 12 (Bayes) is smallest at x*_{i-1}."""
     i = data.draw(st.integers(2, sde.T)) if sde.T > 1 else 1
     T64 = lambda a: torch.tensor([[a]], dtype=torch.float64)
-    x_star = sde.optimal_reverse(T64(x_t), T64(x0), T64(mu), i).item()
+    x_star = sde.optimal_reverse(T64(x_t), T64(mu), T64(x0), i).item()
 
     def nll(x_prev):  # -log p(x_i | x_{i-1}) - log p(x_{i-1} | x0), dropping constants
-        m_step, v_step = sde.transition(x_prev, mu, i - 1, i)
-        m_prev, v_prev = sde.transition(x0, mu, 0, i - 1)
+        m_step, v_step = sde.transition(x_prev, mu, i, i - 1)
+        m_prev, v_prev = sde.transition(x0, mu, i - 1, 0)
         return (x_t - m_step) ** 2 / (2 * v_step) + (x_prev - m_prev) ** 2 / (2 * v_prev)
 
     # nll is quadratic, so one Newton step with central differences finds its minimiser exactly
@@ -201,7 +201,7 @@ def test_optimal_reverse_minimises_the_negative_log_likelihood(sde, x0, mu, x_t,
 
 def test_posterior_std_vanishes_at_the_first_step():
     sde = IRSDE(0.1, 50)
-    assert sde.posterior_std(1, 0, torch.zeros(1)).item() == 0.0
+    assert sde.posterior_std(torch.zeros(1), 1, 0).item() == 0.0
 
 
 # ---- 8. ML loss (eq. 15) and the Euler-Maruyama mean -------------------------------------
@@ -211,8 +211,8 @@ def em_mean_error(T, frac=0.6):
     sde = IRSDE(0.2, T, "constant", 0.01)
     i = int(frac * T)
     x0, mu, x = (torch.tensor([[a]], dtype=torch.float64) for a in (0.9, 0.1, 0.4))
-    noise = sde.noise_from_score(sde.conditional_score(x, x0, mu, i), i)
-    return (sde.reverse_sde_mean(x, mu, noise, i) - sde.optimal_reverse(x, x0, mu, i)).abs().item()
+    noise = sde.noise_from_score(sde.conditional_score(x, mu, x0, i), i)
+    return (sde.reverse_sde_mean(x, mu, noise, i) - sde.optimal_reverse(x, mu, x0, i)).abs().item()
 
 
 def test_euler_maruyama_mean_approaches_optimal_reverse_state():
@@ -229,15 +229,15 @@ def test_ml_optimum_is_sinh_scaled_noise(sde, data):
     i = data.draw(st.integers(2, sde.T))
     g = torch.Generator().manual_seed(1)
     x0, mu = torch.rand(2, 1, 3, 4, 4, generator=g, dtype=torch.float64).unbind(0)
-    x, eps = sde.q_sample(x0, mu, torch.tensor([i]), generator=g)
+    x, eps = sde.q_sample(mu, x0, torch.tensor([i]), generator=g)
     tp = sde.theta_prime[i].item()
-    A, B, _ = sde._reverse_coefficients(i, i - 1, x)
+    A, B, _ = sde._reverse_coefficients(x, i, i - 1)
     k = 2 * sde.lam**2 * tp / math.sqrt(sde.v[i].item())
     c = ((1 + tp - A) - B * math.exp(sde.theta_bar[i].item())) / k
     eps_opt = math.sinh(tp) / tp * eps + c * (x - mu)
-    assert sde.ml_loss(eps_opt, x, x0, mu, torch.tensor([i])).item() < 1e-12
+    assert sde.ml_loss(x, mu, x0, eps_opt, torch.tensor([i])).item() < 1e-12
     mean = sde.reverse_sde_mean(x, mu, eps_opt, i)
-    torch.testing.assert_close(sde.x0_from_reverse_mean(mean, x, mu, i), x0)
+    torch.testing.assert_close(sde.x0_from_reverse_mean(x, mu, mean, i), x0)
 
 
 def test_losses_have_gradients():
@@ -245,9 +245,9 @@ def test_losses_have_gradients():
     g = torch.Generator().manual_seed(0)
     x0, mu = torch.rand(2, 2, 3, 8, 8, generator=g).unbind(0)
     t = torch.tensor([3, 17])
-    x, noise = sde.q_sample(x0, mu, t, generator=g)
+    x, noise = sde.q_sample(mu, x0, t, generator=g)
     pred = torch.zeros_like(noise, requires_grad=True)
-    for loss in (sde.ml_loss(pred, x, x0, mu, t), sde.noise_matching_loss(pred, noise)):
+    for loss in (sde.ml_loss(x, mu, x0, pred, t), sde.noise_matching_loss(pred, noise)):
         (grad,) = torch.autograd.grad(loss, pred)
         assert loss.item() > 0 and grad.abs().sum() > 0
     assert sde.noise_matching_loss(noise, noise).item() == 0
@@ -272,8 +272,9 @@ def toy_run(sampler, T, steps=None, n=100_000, lam=0.5, a=0.7, b=0.15, mu=0.2, s
     g = torch.Generator().manual_seed(seed)
     mu_t = torch.full((n, 1), mu, dtype=torch.float64)
     x0 = a + b * torch.randn(n, 1, generator=g, dtype=torch.float64)
-    x_T = sde.q_sample(x0, mu_t, torch.full((n,), T), generator=g)[0]
-    return irsde.sample(gaussian_toy(sde, a, b, mu), sde, mu_t, steps, sampler, generator=g, x_start=x_T), sde
+    x_T = sde.q_sample(mu_t, x0, torch.full((n,), T), generator=g)[0]
+    ts = irsde.timesteps(sde, steps)
+    return irsde.SAMPLERS[sampler](gaussian_toy(sde, a, b, mu), sde, x_T, mu_t, ts, generator=g), sde
 
 
 @pytest.mark.parametrize("sampler", ["sde", "ode", "posterior", "ddim"])
@@ -336,8 +337,8 @@ def test_ode_and_ddim_are_deterministic_given_the_start():
     x_T = torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     mu = torch.zeros(64, 1, dtype=torch.float64)
     for sampler in ("ode", "ddim"):
-        outs = [irsde.sample(model, sde, mu, sampler=sampler, x_start=x_T,
-                             generator=torch.Generator().manual_seed(k)) for k in (1, 2)]
+        outs = [irsde.SAMPLERS[sampler](model, sde, x_T, mu, irsde.timesteps(sde),
+                                        generator=torch.Generator().manual_seed(k)) for k in (1, 2)]
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
 
@@ -355,8 +356,11 @@ def test_callback_sees_every_state_and_noise_model_x0_parameterisation():
     seen = []
     net = lambda x, mu_, t: 0.5 - mu_            # a residual from mu towards 0.5
     model = irsde.noise_model(net, sde, "x0")
-    out = irsde.sample(model, sde, mu, 5, "ddim", callback=lambda i, x: seen.append(i))
-    assert seen == irsde.timesteps(sde, 5)[1:]
+    out = irsde.sample(model, sde, mu, 5, "ddim", callback=seen.append)
+    assert [step["t"] for step in seen] == irsde.timesteps(sde, 5)[1:]
+    assert [step["i"] for step in seen] == list(range(5))
+    for step in seen:  # the callback also receives the x0 prediction made at each step
+        torch.testing.assert_close(step["x0"], torch.full_like(mu, 0.5))
     torch.testing.assert_close(out, torch.full_like(out, 0.5))  # DDIM lands on x0_hat at s = 0
 
 
@@ -402,14 +406,14 @@ def test_ml_loss_x0_weighting_measures_the_implied_x0_error(sde, denoising, data
     x0, mu, delta = torch.rand(3, 1, 3, 4, 4, generator=g, dtype=torch.float64).unbind(0)
     mu = None if denoising else mu
     t = torch.tensor([i])
-    x, _ = sde.q_sample(x0, mu, t, generator=g)
-    target = sde.optimal_reverse(x, x0 + delta, mu, t)  # eq. 14 for the wrong x0' = x0 + delta
+    x, _ = sde.q_sample(mu, x0, t, generator=g)
+    target = sde.optimal_reverse(x, mu, x0 + delta, t)  # eq. 14 for the wrong x0' = x0 + delta
     tp, v, lam2 = sde.theta_prime[i].item(), sde.v[i].item(), sde.lam**2
     if denoising:   # mean = x + lambda^2 theta' (1 + e^{-2 theta_bar}) score, score = -eps / sqrt(v)
         k = lam2 * tp * (1 + math.exp(-2 * sde.theta_bar[i].item())) / math.sqrt(v)
         eps = (x - target) / k
     else:           # mean = x - theta' (mu - x) - 2 lambda^2 theta' eps / sqrt(v)
         eps = (x - tp * (mu - x) - target) / (2 * lam2 * tp / math.sqrt(v))
-    assert sde.ml_loss(eps, x, x0, mu, t, "x0").item() == pytest.approx(delta.abs().mean().item(), rel=1e-6)
+    assert sde.ml_loss(x, mu, x0, eps, t, "x0").item() == pytest.approx(delta.abs().mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="weighting"):
-        sde.ml_loss(eps, x, x0, mu, t, "snr")
+        sde.ml_loss(x, mu, x0, eps, t, "snr")

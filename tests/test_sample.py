@@ -38,18 +38,21 @@ def make_net(cond=True, std=0.1):
     return net.eval()
 
 
-def make_config(net, sde, task="derain", loss="ml", param="noise", args=None):
+def make_config(net, sde, task="derain", loss="ml", param="noise", sampling=None):
+    """A configuration in the layout of sample.make_config."""
+    sampling = {"sampler": "ode" if task == "denoise" else "posterior", "steps": None, "clip_x0": False,
+                **(sampling or {})}
     return {"task": task, "loss": loss, "param": param, "sde": None if sde is None else sde.config(),
-            "net": net.config, "args": args or {}}
+            "net": net.config, "sampling": sampling, "args": {}}
 
 
-def save_checkpoint(path, task="derain", loss="ml", sde=None, args=None):
+def save_checkpoint(path, task="derain", loss="ml", sde=None):
     """A checkpoint laid out as train.save_checkpoint writes it; returns (net, sde, config)."""
     cond = task != "denoise" and loss != "cnn"
     net = make_net(cond)
     if sde is None and loss != "cnn":
         sde = irsde.IRSDE(10 / 255, T=20)
-    config = make_config(net, sde, task, loss, args=args)
+    config = make_config(net, sde, task, loss)
     torch.save({"model": net.state_dict(), "ema": net.state_dict(), "optimizer": {}, "scheduler": {},
                 "step": 1, "config": config, "rng": train.rng_state(torch.Generator())},
                path)
@@ -93,6 +96,25 @@ def test_load_checkpoint_prefers_ema_and_rebuilds_sde(tmp_path):
     loaded, loaded_sde, loaded_config = sample.load_checkpoint(tmp_path / "c.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
     assert loaded_sde.config() == sde.config() and loaded_config == config and not loaded.training
+
+
+def test_checkpoint_of_the_earlier_layout_restores_the_same_bytes(tmp_path):
+    """Checkpoints written before config["sampling"] existed kept sampler, steps and clip_x0 in
+    config["args"] and named lambda max_sigma: they load, and restore to the same PNG bytes."""
+    save_checkpoint(tmp_path / "new.pt")
+    ckpt = torch.load(tmp_path / "new.pt", weights_only=False)
+    ckpt["config"]["sampling"] = {"sampler": "ddim", "steps": 4, "clip_x0": True}
+    torch.save(ckpt, tmp_path / "new.pt")
+    old = {k: v for k, v in ckpt["config"].items() if k != "sampling"}
+    old["sde"] = {("max_sigma" if k == "lam" else k): v for k, v in old["sde"].items()}
+    old["args"] = {"sampler": "ddim", "sample_steps": 4, "clip_x0": True, "max_sigma": 10.0}
+    torch.save(dict(ckpt, config=old), tmp_path / "old.pt")
+    write_images(tmp_path / "in", ["a.png"], seed=1)
+    for name in ("new", "old"):
+        run_main("--checkpoint", tmp_path / f"{name}.pt", "--input", tmp_path / "in", "--output", tmp_path / name)
+    assert (tmp_path / "new" / "a.png").read_bytes() == (tmp_path / "old" / "a.png").read_bytes()
+    _, sde, config = sample.load_checkpoint(tmp_path / "old.pt")
+    assert config["sampling"] == ckpt["config"]["sampling"] and sde.lam == pytest.approx(10 / 255)
 
 
 def test_load_checkpoint_falls_back_to_model_weights(tmp_path):
@@ -182,10 +204,10 @@ def test_same_seed_same_output_different_seed_different():
     assert not torch.equal(run(1), run(2))
 
 
-def test_defaults_come_from_checkpoint_args():
+def test_defaults_come_from_checkpoint_sampling_settings():
     net, sde = make_net(), irsde.IRSDE(10 / 255, T=20)
     lq = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
-    with_args = make_config(net, sde, args={"sampler": "ddim", "sample_steps": 4, "clip_x0": True})
+    with_args = make_config(net, sde, sampling={"sampler": "ddim", "steps": 4, "clip_x0": True})
     seeded = lambda: torch.Generator().manual_seed(0)
     explicit = sample.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded(), clip_x0=True)
     assert torch.equal(sample.restore(net, sde, with_args, lq, generator=seeded()), explicit)
@@ -214,14 +236,15 @@ def test_end_to_end_folder_with_gt(setup, capsys):
     for key in sample.COLUMNS:
         mean = sum(r[key] for r in report["images"]) / 2
         assert report["mean"][key] == pytest.approx(mean) and float(table["mean"][key]) == pytest.approx(mean, abs=1e-6)
-    # pictures: LQ | restored | GT, and 8 states ending at the restored image
+    # pictures: LQ | restored | GT, and 8 states ending at the restored image above their x0 predictions
     restored = load_image(out / "a.png")
     compare = load_image(out / "compare" / "a.png")
     assert compare.shape == (3, H, 3 * W + 2 * sample.GAP)
     assert torch.equal(compare[..., W + sample.GAP:2 * W + sample.GAP], restored)
     strip = load_image(out / "trajectory" / "a.png")
-    assert strip.shape == (3, H, 8 * W + 7 * sample.GAP)
-    assert torch.equal(strip[..., -W:], restored)
+    assert strip.shape == (3, 2 * H + sample.GAP, 8 * W + 7 * sample.GAP)
+    assert torch.equal(strip[..., :H, -W:], restored)
+    assert torch.equal(strip[..., H + sample.GAP:, -W:], restored)  # the last posterior step returns x0_hat
 
 
 def test_same_command_same_files(setup):
