@@ -1,21 +1,25 @@
-"""Data for IR-SDE (PAPER.md section 9): image I/O, paired folders, synthetic degradations.
+"""Data for IR-SDE (PAPER.md section 9): image I/O, dataset folders, datasets.
 
-Images are float32 torch tensors (3, H, W) in [0, 1] throughout; the
-degradations take and return such tensors and draw all randomness from a numpy
-`np.random.Generator`, so every pair is a pure function of its seed.
+Images are float32 torch tensors (3, H, W) in [0, 1] throughout.
 
+I/O: `load_image` / `save_image`, `list_images` (a file or a folder's images), and the
+one place that writes files safely: `atomic_write` (temp file + os.replace) and
+`check_writable` (an output folder can be created and written).
 Real data: `find_pairs` / `PairedFolder` read the layouts users have on disk (section 9):
   "gtlq"    <root>/GT/* and <root>/LQ/*, paired by file stem (the reference code's layout);
   "rain100" Rain100H/L as distributed by PReNet: rain-N.png / norain-N.png in one folder,
             or rain/ (or rainy/) and norain/ subfolders;
   "gopro"   <root>/<scene>/blur/*.png and <root>/<scene>/sharp/*.png (or root = one scene).
 Synthetic data: `SyntheticPairs` degrades clean images that are either dead-leaves images
-(Achddou et al. 2021) or crops of the photographs shipped in assets/ (see ATTRIBUTION.md).
+or crops of the photographs shipped in assets/ (see ATTRIBUTION.md); `degrade` maps a task
+to its degradation. The generators themselves (clean images, degradations) are pure
+functions of their numpy Generator and live in synthetic.py.
 `TRAIN_PHOTOS` are used for training only; `VAL_PHOTOS` (chelsea.png) are held out for the
 fixed validation set.
 """
 import os
 import re
+import tempfile
 import uuid
 from contextlib import contextmanager
 from functools import lru_cache
@@ -23,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
+
+import synthetic
+from synthetic import NOISE_SIGMA, upsample  # noqa: F401  (train.py and sample.py use data.NOISE_SIGMA)
 
 TASKS = ("derain", "deblur", "denoise", "sr", "inpaint", "dehaze")
 LAYOUTS = ("gtlq", "rain100", "gopro")
@@ -34,14 +40,13 @@ TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "rocket.png", "camera.png")
 VAL_PHOTOS = ("chelsea.png",)
 VAL_SEED = 12345  # the validation set never depends on the user's seed
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-NOISE_SIGMA = 25 / 255  # section 9: denoising at sigma = 25
-SR_SCALE = 4  # section 9: 4x super-resolution
 DEFAULT_TRAIN_LEN = 1000  # nominal epoch length of the synthetic training set
 DEFAULT_VAL_LEN = 8
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file or folder and the problem."""
+    """Bad input data, or an output that cannot be written; the message names the file or
+    folder and the problem."""
 
 
 # ----------------------------------------------------------------------------- image I/O
@@ -82,8 +87,8 @@ def _to_float_rgb(im):
 def save_image(img, path):
     """Write a (3, H, W) image in [0, 1] as 8 bits (clamp, round), atomically.
 
-    The format follows the suffix (PNG when unknown). The file is written next to its
-    target and moved into place with os.replace, so a reader never sees half a file.
+    The format follows the suffix (PNG when unknown). Written with `atomic_write`, so a
+    reader never sees half a file; the parent folder is created when missing.
     """
     path = Path(path)
     img = torch.as_tensor(img).detach().cpu().float()
@@ -96,14 +101,78 @@ def save_image(img, path):
     arr = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: pil.save(f, format=fmt))
+
+
+def quantize(img):
+    """Round to the 8-bit grid, as an image stored in a PNG would be."""
+    return (img.clamp(0, 1) * 255).round() / 255
+
+
+def list_images(path):
+    """[path] for a file, else the folder's image files (IMAGE_EXTS, hidden files skipped)
+    in sorted name order; DataError when the path does not exist or the folder has none."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or folder")
+    files = sorted(p for p in path.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"{path}: no images (looked for {', '.join(IMAGE_EXTS)})")
+    return files
+
+
+# ----------------------------------------------------------------------------- writing files
+
+def atomic_write(path, write, fsync=False):
+    """Write `path` all at once: a reader sees the old file or the new one, never half.
+
+    `write(f)` gets a binary file object opened on a new hidden temporary file next to
+    `path` (".<name>.<pid>.<random>.tmp", created exclusively); the file is then moved
+    into place with os.replace (after os.fsync when `fsync`). The parent folder is created
+    when missing. On any failure (an exception from `write`, a full disk, KeyboardInterrupt)
+    the temporary file is removed, the target is left untouched and the error re-raised;
+    an OSError becomes a DataError "<path>: cannot write (<reason>)" with the OSError as
+    its __cause__. Example: atomic_write(path, lambda f: torch.save(state, f)).
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    created = False
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "xb") as f:
-            pil.save(f, format=fmt)
+            created = True
+            write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        created = False
+    except OSError as e:
+        raise DataError(f"{path}: cannot write ({e.strerror or e})") from e
     finally:
-        tmp.unlink(missing_ok=True)
+        if created:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass  # e.g. the folder was removed meanwhile; the original error matters
+
+
+def check_writable(folder, what="this folder"):
+    """Create `folder` (and its parents) and probe-write a temporary file in it.
+
+    DataError "<folder>: cannot write to <what> (<reason>)" when either fails, so a run
+    can stop before doing any work. Returns the folder as a Path.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()  # deleted on close
+    except OSError as e:
+        raise DataError(f"{folder}: cannot write to {what} ({e.strerror or e})") from e
+    return folder
 
 
 # ----------------------------------------------------------------------------- folders
@@ -166,13 +235,9 @@ def _subdir(root, name):
 
 
 def _images(folder):
-    """Image files in `folder` (hidden files skipped); DataError when there are none."""
+    """list_images of a folder that must exist ("folder not found" / "not a folder")."""
     _require_dir(folder)
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise DataError(f"{folder}: no images (looked for {', '.join(IMAGE_EXTS)})")
-    return files
+    return list_images(folder)
 
 
 def _natural(key):
@@ -388,137 +453,7 @@ def dihedral(img, k):
     return (img.flip(2) if k >= 4 else img).contiguous()
 
 
-def upsample(img, size):
-    """Bicubic resize of (3, h, w) to size=(H, W), clamped to [0, 1]."""
-    out = F.interpolate(img[None], size=tuple(size), mode="bicubic", align_corners=False)
-    return out[0].clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------- clean images
-
-def dead_leaves(size, rng, alpha=3.0, rmin=None, rmax=None, coverage=5.0):
-    """Dead-leaves image (Achddou et al. 2021): occluding discs with radius density r^-alpha.
-
-    Discs are drawn i.i.d. (centres uniform on the image grown by r, so the borders are
-    covered like the middle); the first drawn is the front-most, so each pixel takes the
-    colour of the first disc covering it. Enough discs are drawn to cover the image
-    `coverage` times over (uncovered fraction ~exp(-coverage)); leftovers get a background
-    colour. rmin/rmax default to min(H, W)/40 (at least 1) and max(H, W). Each leaf gets a random
-    colour, a linear shading ramp and sometimes a sinusoidal texture; a smooth illumination
-    field and a mild Gaussian blur (sigma 0.3-0.9, like optics) follow, so that images are
-    not piecewise flat with aliased edges. Returns float32 (3, H, W) in [0, 1].
-    """
-    h, w = (size, size) if np.isscalar(size) else size
-    rmin = rmin or max(1.0, min(h, w) / 40)
-    rmax = rmax or float(max(h, w))
-    r = _power_law(rng, alpha, rmin, rmax, h, w, coverage)
-    cy, cx = rng.uniform(-r, h + r), rng.uniform(-r, w + r)
-    label = _front_labels(h, w, cy, cx, r)
-    img = _shade_leaves(label, cy, cx, r, rng)
-    img = img * torch.from_numpy(_smooth_field(h, w, rng, 3, 0.8, 1.2)).float()
-    img = gaussian_blur(img, rng.uniform(0.3, 0.9))
-    return img.clamp(0, 1)
-
-
-def _power_law(rng, alpha, rmin, rmax, h, w, coverage):
-    """Radii with density ~ r^-alpha on [rmin, rmax], enough to cover an h x w image
-    `coverage` times over when centres are uniform on the image grown by r on each side."""
-    a = 1.0 - alpha
-    r = np.empty(0)
-    need = coverage * h * w
-    area = lambda r: np.pi * r ** 2 * h * w / ((h + 2 * r) * (w + 2 * r))
-    while np.sum(area(r)) < need and len(r) < 200_000:
-        u = rng.random(max(256, len(r)))
-        new = (rmin ** a + u * (rmax ** a - rmin ** a)) ** (1 / a) if a else rmin * (rmax / rmin) ** u
-        r = np.concatenate([r, new])
-    return r[:np.searchsorted(np.cumsum(area(r)), need) + 1]
-
-
-_BUCKETS = (2, 3, 5, 8, 12, 16, 24, 32, 48, 64)  # box half-widths for vectorised discs
-
-
-def _front_labels(h, w, cy, cx, r):
-    """Per pixel, the smallest index of a disc covering its centre (len(r) if none).
-
-    Small discs are stamped in vectorised batches of equal box size into a canvas with a
-    margin (so boxes need no clipping); min is order-independent, so np.minimum.at gives
-    the same labels on every run. The few large discs are tested against every pixel.
-    """
-    m = 2 * _BUCKETS[-1]
-    labels = np.full((h + 2 * m, w + 2 * m), len(r), np.int64)
-    bucket = np.searchsorted(_BUCKETS, np.ceil(r))
-    for b, half in enumerate(_BUCKETS):
-        sel = np.nonzero(bucket == b)[0]
-        if len(sel):
-            _stamp(labels, sel, cy[sel] + m, cx[sel] + m, r[sel], half)
-    labels = labels[m:m + h, m:m + w]
-    big = np.nonzero(bucket == len(_BUCKETS))[0]
-    for chunk in np.array_split(big, len(big) * h * w // 2_000_000 + 1):  # bounded memory
-        yy = (np.arange(h) + 0.5)[None, :, None] - cy[chunk, None, None]
-        xx = (np.arange(w) + 0.5)[None, None, :] - cx[chunk, None, None]
-        inside = yy ** 2 + xx ** 2 <= r[chunk, None, None] ** 2
-        first = np.where(inside, chunk[:, None, None], len(r)).min(0, initial=len(r))
-        labels = np.minimum(labels, first)
-    return labels
-
-
-def _stamp(labels, idx, cy, cx, r, half):
-    """labels = min(labels, idx) over discs that all fit a (2*half+1)^2 box."""
-    off = np.arange(-half, half + 1)
-    ys = np.floor(cy).astype(np.int64)[:, None, None] + off[None, :, None]
-    xs = np.floor(cx).astype(np.int64)[:, None, None] + off[None, None, :]
-    inside = ((ys + 0.5 - cy[:, None, None]) ** 2 + (xs + 0.5 - cx[:, None, None]) ** 2
-              <= r[:, None, None] ** 2)
-    ids = np.broadcast_to(idx[:, None, None], inside.shape)[inside]
-    np.minimum.at(labels.reshape(-1), (ys * labels.shape[1] + xs)[inside], ids)
-
-
-def _shade_leaves(label, cy, cx, r, rng):
-    """Colour each leaf: base colour + linear ramp + (for ~30% of leaves) a sinusoid."""
-    h, w = label.shape
-    n = len(r) + 1  # the last "leaf" is the background
-    grey = rng.uniform(0.05, 0.95, (n, 1))
-    colour = np.clip(grey + rng.normal(0, 0.08, (n, 3)), 0, 1)
-    ramp = rng.normal(0, 0.12, (n, 2)) / np.append(r, max(h, w))[:, None]
-    wave = (rng.random(n) < 0.3) * rng.uniform(0, 0.12, n)
-    freq = rng.uniform(0.3, 1.5, n)[:, None] * _unit(rng.uniform(0, np.pi, n))
-    phase = rng.uniform(0, 2 * np.pi, n)
-    centre = np.stack([np.append(cy, h / 2), np.append(cx, w / 2)], axis=1)
-    table = np.concatenate([colour, centre, ramp, freq, wave[:, None], phase[:, None]], 1)
-    p = torch.from_numpy(table.astype(np.float32))[torch.from_numpy(label)].permute(2, 0, 1)
-    dy = torch.arange(h, dtype=torch.float32)[:, None] - p[3]
-    dx = torch.arange(w, dtype=torch.float32)[None, :] - p[4]
-    shade = p[5] * dy + p[6] * dx + p[9] * torch.sin(p[7] * dy + p[8] * dx + p[10])
-    return p[:3] + shade
-
-
-def _unit(angle):
-    """(n, 2) unit vectors (dy, dx) at `angle` radians from the vertical."""
-    return np.stack([np.cos(angle), np.sin(angle)], axis=1)
-
-
-def _smooth_field(h, w, rng, cells, lo, hi):
-    """Low-frequency random field (cells x cells control points, bicubic) rescaled to [lo, hi]."""
-    ctrl = torch.from_numpy(rng.random((1, 1, cells, cells)))
-    f = F.interpolate(ctrl, size=(h, w), mode="bicubic", align_corners=True)[0, 0].numpy()
-    f = (f - f.min()) / max(f.max() - f.min(), 1e-12)
-    return lo + (hi - lo) * f
-
-
-def gaussian_blur(img, sigma):
-    """Separable Gaussian blur of (C, H, W), reflect padding (replicate for tiny images).
-
-    Written as a sum of shifted copies: much faster than conv2d for these few taps.
-    """
-    rad = max(1, int(np.ceil(2.5 * sigma)))
-    taps = np.exp(-np.arange(-rad, rad + 1) ** 2 / (2 * sigma ** 2))
-    taps = (taps / taps.sum()).tolist()
-    _, h, w = img.shape
-    mode = "reflect" if min(h, w) > rad else "replicate"
-    x = F.pad(img[None], (rad, rad, rad, rad), mode=mode)[0]
-    x = sum(t * x[:, :, k:k + w] for k, t in enumerate(taps))
-    return sum(t * x[:, k:k + h] for k, t in enumerate(taps))
-
+# ----------------------------------------------------------------------------- shipped photographs
 
 @lru_cache(maxsize=None)
 def _photo(name):
@@ -543,214 +478,7 @@ def _photo_crop(name, crop, rng):
     return torch.from_numpy(np.asarray(patch, np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-def quantize(img):
-    """Round to the 8-bit grid, as an image stored in a PNG would be."""
-    return (img.clamp(0, 1) * 255).round() / 255
-
-
-# ----------------------------------------------------------------------------- degradations
-
-def _fft_conv(img, kernel):
-    """Circular convolution of (C, H, W) with an (H, W) kernel centred at index (0, 0)."""
-    s = img.shape[-2:]
-    return torch.fft.irfft2(torch.fft.rfft2(img) * torch.fft.rfft2(kernel), s=s)
-
-
-def _wrapped_grid(h, w):
-    """Signed pixel offsets (dy, dx) from (0, 0) on the torus, for kernels used by _fft_conv."""
-    dy = (np.arange(h) + h // 2) % h - h // 2
-    dx = (np.arange(w) + w // 2) % w - w // 2
-    return dy[:, None].astype(np.float64), dx[None, :].astype(np.float64)
-
-
-def _streaks(h, w, rng, angle, density, length, width):
-    """One rain layer: sparse drops smeared along `angle` (radians from vertical), in [0, 1].
-
-    Each drop is convolved with a line of the given length, tapered at its ends and with a
-    Gaussian cross-section of std `width` pixels; circular convolution is harmless because
-    the drop field is stationary.
-    """
-    drops = (rng.random((h, w)) < density) * rng.uniform(0.4, 1.0, (h, w))
-    length = min(length, min(h, w) - 2)
-    dy, dx = _wrapped_grid(h, w)
-    along = dy * np.cos(angle) + dx * np.sin(angle)
-    across = -dy * np.sin(angle) + dx * np.cos(angle)
-    taper = np.sqrt(np.clip(1 - np.abs(2 * along / length), 0, 1))
-    kernel = np.exp(-across ** 2 / (2 * width ** 2)) * taper
-    layer = _fft_conv(torch.from_numpy(drops[None]), torch.from_numpy(kernel))[0]
-    return layer.clamp(0, 1).float()
-
-
-def rain(img, rng, heavy=False):
-    """Synthetic rain (Rain100L-like light, Rain100H-like heavy).
-
-    Light: one layer of thin streaks in one direction (up to 30 degrees from vertical).
-    Heavy: three denser, longer, wider layers at directions scattered around a common one,
-    then a veil, following the heavy-rain model of Yang et al. 2017 (Rain100H):
-    O = alpha * (B + sum of streak layers) + (1 - alpha) * A.
-    Streaks are combined by a screen blend 1 - (1 - B)(1 - S), which brightens like real
-    streaks and stays within [0, 1].
-    """
-    _, h, w = img.shape
-    base = rng.uniform(-np.pi / 6, np.pi / 6)
-    if heavy:
-        layers = [(base + rng.normal(0, 0.2), rng.uniform(0.0015, 0.004), rng.uniform(20, 50),
-                   rng.uniform(0.8, 1.4), rng.uniform(0.5, 0.85)) for _ in range(3)]
-    else:
-        layers = [(base, rng.uniform(0.0015, 0.004), rng.uniform(10, 35),
-                   rng.uniform(0.6, 1.0), rng.uniform(0.5, 0.9))]
-    s = torch.zeros(h, w)
-    for angle, density, length, width, opacity in layers:
-        s = 1 - (1 - s) * (1 - opacity * _streaks(h, w, rng, angle, density, length, width))
-    out = 1 - (1 - img) * (1 - s)
-    if heavy:
-        a, veil = rng.uniform(0.75, 0.9), rng.uniform(0.75, 0.95)
-        out = a * out + (1 - a) * veil
-    return out.clamp(0, 1)
-
-
-def motion_kernel(rng, extent=None, steps=64):
-    """Random camera-shake kernel: a random-walk trajectory (velocity with random
-    accelerations, cf. Boracchi & Foi 2012) scaled to `extent` pixels (default 3-15),
-    rasterised with bilinear weights and normalised to sum 1. Returns (k, k) float32, k odd.
-    """
-    extent = rng.uniform(3, 15) if extent is None else extent
-    v = _unit(rng.uniform(0, 2 * np.pi, 1))[0] + np.cumsum(rng.normal(0, 0.25, (steps, 2)), 0)
-    p = np.cumsum(v, 0)
-    p = p - (p.max(0) + p.min(0)) / 2
-    p = p * (extent / 2) / max(np.abs(p).max(), 1e-9)
-    half = int(np.ceil(extent / 2)) + 1
-    k = np.zeros((2 * half + 1, 2 * half + 1))
-    base = np.floor(p).astype(np.int64)
-    frac = p - base
-    for oy in (0, 1):
-        for ox in (0, 1):
-            wgt = (frac[:, 0] if oy else 1 - frac[:, 0]) * (frac[:, 1] if ox else 1 - frac[:, 1])
-            np.add.at(k, (base[:, 0] + oy + half, base[:, 1] + ox + half), wgt)
-    return (k / k.sum()).astype(np.float32)
-
-
-def motion_blur(img, rng, kernel=None):
-    """Convolve with a random camera-shake kernel (GoPro-like blur), reflect padding."""
-    k = torch.from_numpy(motion_kernel(rng) if kernel is None else kernel)
-    p = k.shape[0] // 2
-    mode = "reflect" if min(img.shape[1:]) > p else "replicate"
-    x = F.pad(img[None], (p, p, p, p), mode=mode)[0]
-    full = torch.zeros(x.shape[-2:])
-    full[:k.shape[0], :k.shape[1]] = k
-    full = torch.roll(full, (-p, -p), (0, 1))
-    out = _fft_conv(x, full)[:, p:p + img.shape[1], p:p + img.shape[2]]
-    return out.clamp(0, 1)
-
-
-def gaussian_noise(img, rng, sigma=NOISE_SIGMA):
-    """Additive white Gaussian noise of std `sigma` (section 5); NOT clamped, as in the
-    usual sigma = 25 denoising benchmarks, so the noise stays exactly Gaussian."""
-    noise = rng.standard_normal(tuple(img.shape), dtype=np.float32)
-    return img + sigma * torch.from_numpy(noise)
-
-
-def downsample_upsample(img, scale=SR_SCALE):
-    """x`scale` bicubic downsampling (antialiased, a = -0.5 like MATLAB imresize) then bicubic
-    upsampling back to the input size: the reference feeds SR inputs at HQ size."""
-    _, h, w = img.shape
-    lr = F.interpolate(img[None], size=(max(1, h // scale), max(1, w // scale)), mode="bicubic",
-                       antialias=True, align_corners=False)
-    return upsample(lr[0], (h, w))
-
-
-def make_mask(h, w, rng, kind="thin", coverage=None):
-    """Inpainting hole mask (H, W) bool, True = missing, covering about `coverage`.
-
-    "thin": random brush strokes of width 2-5 % of the image side (like the "thin" masks of
-    RePaint/LaMa), default coverage 10-30 %. "thick": strokes of width 6-15 % mixed with
-    boxes and ellipses, default coverage 25-45 %. Shapes are added until the coverage is
-    reached, so it overshoots by at most one stroke or shape.
-    """
-    if kind not in ("thin", "thick"):
-        raise DataError(f"unknown mask kind {kind!r}; expected 'thin' or 'thick'")
-    lo, hi = (0.1, 0.3) if kind == "thin" else (0.25, 0.45)
-    coverage = rng.uniform(lo, hi) if coverage is None else float(coverage)
-    if not 0 <= coverage <= 0.9:
-        raise DataError(f"mask coverage must be in [0, 0.9], got {coverage}")
-    mask = np.zeros((h, w), bool)
-    side = min(h, w)
-    target = coverage * h * w
-    for _ in range(10_000):
-        if np.count_nonzero(mask) >= target:
-            break
-        if kind == "thick" and rng.random() < 0.4:
-            _add_blob(mask, rng, side)
-        else:
-            width = rng.uniform(0.02, 0.05) if kind == "thin" else rng.uniform(0.06, 0.15)
-            _add_stroke(mask, rng, side * width, side)
-    return torch.from_numpy(mask)
-
-
-def _add_stroke(mask, rng, width, side):
-    """A brush stroke: a polyline of 4-10 segments with a wandering direction."""
-    h, w = mask.shape
-    n = int(rng.integers(4, 11))
-    angle = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.7, n))
-    steps = rng.uniform(0.05, 0.2, (n, 1)) * side * _unit(angle)
-    pts = np.array([rng.uniform(0, h), rng.uniform(0, w)]) + np.cumsum(np.vstack([[0, 0], steps]), 0)
-    _add_polyline(mask, pts, width / 2)
-
-
-def _add_polyline(mask, pts, radius):
-    """Set the pixels whose centre lies within `radius` of the polyline through pts (k, 2).
-
-    All segments at once, each on its own box (boxes padded to a common size).
-    """
-    h, w = mask.shape
-    p, q = pts[:-1], pts[1:]
-    lo = np.floor(np.minimum(p, q) - radius).astype(np.int64)
-    size = int((np.ceil(np.maximum(p, q) + radius) - lo).max()) + 1
-    ys = lo[:, 0, None, None] + np.arange(size)[None, :, None]
-    xs = lo[:, 1, None, None] + np.arange(size)[None, None, :]
-    d = (q - p)[:, :, None, None]
-    yy, xx = ys + 0.5 - p[:, 0, None, None], xs + 0.5 - p[:, 1, None, None]
-    t = np.clip((yy * d[:, 0] + xx * d[:, 1]) / np.maximum((d ** 2).sum(1), 1e-12), 0, 1)
-    near = ((yy - t * d[:, 0]) ** 2 + (xx - t * d[:, 1]) ** 2 <= radius ** 2)
-    near &= (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    mask[np.broadcast_to(ys, near.shape)[near], np.broadcast_to(xs, near.shape)[near]] = True
-
-
-def _add_blob(mask, rng, side):
-    """An axis-aligned box or an ellipse with sides 10-40 % of the image side."""
-    h, w = mask.shape
-    ry, rx = rng.uniform(0.05, 0.2, 2) * side
-    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    yy, xx = np.arange(h)[:, None] + 0.5, np.arange(w)[None, :] + 0.5
-    if rng.random() < 0.5:
-        mask |= (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
-    else:
-        mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
-
-
-def inpaint_mask(img, rng, kind="thin", coverage=None):
-    """Masked image: holes (make_mask with the same rng) filled with 1.0, as in the
-    reference code's inpainting inputs."""
-    mask = make_mask(img.shape[1], img.shape[2], rng, kind, coverage)
-    return torch.where(mask, torch.ones(()), img)
-
-
-def haze(img, rng):
-    """Atmospheric scattering I = J t + A (1 - t), t = exp(-beta d) (RESIDE's model).
-
-    d: synthetic smooth depth in [0.2, 1] (a ramp in a random direction plus low-frequency
-    noise); beta ~ U(0.6, 1.8) as in RESIDE; airlight A ~ U(0.8, 1.0), slightly tinted.
-    """
-    _, h, w = img.shape
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    g = _unit(rng.uniform(0, 2 * np.pi, 1))[0]
-    ramp = yy * g[0] + xx * g[1]
-    ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-12)
-    depth = 0.2 + 0.8 * (0.6 * ramp + 0.4 * _smooth_field(h, w, rng, 4, 0, 1))
-    t = torch.from_numpy(np.exp(-rng.uniform(0.6, 1.8) * depth)).float()
-    airlight = torch.from_numpy(rng.uniform(0.8, 1.0) + rng.normal(0, 0.02, (3, 1, 1))).float()
-    return (img * t + airlight * (1 - t)).clamp(0, 1)
-
+# ----------------------------------------------------------------------------- task -> degradation
 
 def degrade(task, clean, rng):
     """Low-quality version of `clean` for `task` (section 9).
@@ -761,16 +489,16 @@ def degrade(task, clean, rng):
     """
     _check_task(task)
     if task == "derain":
-        return rain(clean, rng, heavy=bool(rng.random() < 0.5))
+        return synthetic.rain(clean, rng, heavy=bool(rng.random() < 0.5))
     if task == "deblur":
-        return motion_blur(clean, rng)
+        return synthetic.motion_blur(clean, rng)
     if task == "denoise":
-        return gaussian_noise(clean, rng)
+        return synthetic.gaussian_noise(clean, rng)
     if task == "sr":
-        return downsample_upsample(clean)
+        return synthetic.downsample_upsample(clean)
     if task == "inpaint":
-        return inpaint_mask(clean, rng, kind="thin")
-    return haze(clean, rng)
+        return synthetic.inpaint_mask(clean, rng, kind="thin")
+    return synthetic.haze(clean, rng)
 
 
 def _check_task(task):
@@ -827,14 +555,14 @@ class SyntheticPairs(Dataset):
 
     def _train_clean(self, rng):
         if rng.random() < 0.5:
-            return quantize(dead_leaves(self.crop, rng))
+            return quantize(synthetic.dead_leaves(self.crop, rng))
         return _photo_crop(TRAIN_PHOTOS[int(rng.integers(len(TRAIN_PHOTOS)))], self.crop, rng)
 
     def _val_clean(self, idx):
         rng = np.random.default_rng([VAL_SEED, idx, 0, 1])
         if idx % 2 == 0:
             return _photo_crop(VAL_PHOTOS[(idx // 2) % len(VAL_PHOTOS)], self.crop, rng)
-        return quantize(dead_leaves(self.crop, rng))
+        return quantize(synthetic.dead_leaves(self.crop, rng))
 
 
 def make_dataset(task, root=None, crop=128, seed=0, split="train", n=None, scale=None):

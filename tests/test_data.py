@@ -1,4 +1,6 @@
-"""Tests for data.py: image I/O, dataset layouts and their errors, degradations, datasets."""
+"""Tests for data.py: image I/O, writing files, dataset layouts and their errors, the
+task -> degradation dispatch, datasets. The generators themselves: test_synthetic.py."""
+import errno
 import os
 import struct
 import time
@@ -11,6 +13,7 @@ from hypothesis import assume, given, settings, strategies as st
 from PIL import Image
 
 import data
+import synthetic
 from data import DataError
 
 SEEDS = st.integers(0, 2**32 - 1)
@@ -38,16 +41,6 @@ def write_png(path, h, w, seed=0, mode="RGB"):
     arr = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
     Image.fromarray(arr).convert(mode).save(path)
     return arr
-
-
-def high_freq_energy(img, cutoff=0.25):
-    """Fraction of spectral energy (mean removed) above `cutoff` cycles/pixel."""
-    x = img.double() - img.double().mean(dim=(1, 2), keepdim=True)
-    spec = torch.fft.fft2(x).abs() ** 2
-    fy = torch.fft.fftfreq(x.shape[1])[:, None]
-    fx = torch.fft.fftfreq(x.shape[2])[None, :]
-    high = (fy ** 2 + fx ** 2).sqrt() > cutoff
-    return (spec * high).sum().item() / spec.sum().item()
 
 
 def grey(h=96, w=96, v=0.3):
@@ -141,6 +134,67 @@ def test_save_image_roundtrip_atomic(tmp_path):
         data.save_image(torch.rand(2, 3, 4, 4), out)
     with pytest.raises(DataError, match="NaN"):
         data.save_image(torch.full((3, 2, 2), float("nan")), out)
+
+
+def test_list_images_file_or_folder(tmp_path):
+    for name in ("b.png", "a.JPG", ".hidden.png", "notes.txt"):
+        write_png(tmp_path / name, 4, 4) if name.lower().endswith(("png", "jpg")) else (tmp_path / name).write_text("x")
+    (tmp_path / "sub.png").mkdir()  # a folder named like an image is not one
+    assert [p.name for p in data.list_images(tmp_path)] == ["a.JPG", "b.png"]
+    assert data.list_images(tmp_path / "notes.txt") == [tmp_path / "notes.txt"]  # a file is taken as given
+    with pytest.raises(DataError, match="nope: no such file or folder"):
+        data.list_images(tmp_path / "nope")
+    with pytest.raises(DataError, match=r"sub.png: no images \(looked for .png, .jpg"):
+        data.list_images(tmp_path / "sub.png")
+
+
+def test_atomic_write_replaces_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "runs" / "x" / "last.pt"
+    data.atomic_write(target, lambda f: f.write(b"old"))
+    data.atomic_write(target, lambda f: torch.save({"w": torch.ones(2)}, f), fsync=True)
+    assert torch.equal(torch.load(target)["w"], torch.ones(2))
+    assert os.listdir(target.parent) == ["last.pt"]
+
+
+def _fail_with(exc):
+    def write(f):
+        f.write(b"half a checkpoint")
+        raise exc
+    return write
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.ENOSPC, "No space left on device"),
+                                 KeyboardInterrupt(), RuntimeError("pickling failed")])
+def test_atomic_write_failure_keeps_target_and_removes_temp(tmp_path, exc):
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"previous checkpoint")
+    expected = DataError if isinstance(exc, OSError) else type(exc)
+    with pytest.raises(expected) as info:
+        data.atomic_write(target, _fail_with(exc))
+    assert target.read_bytes() == b"previous checkpoint"
+    assert os.listdir(tmp_path) == ["last.pt"]  # the temporary file is gone
+    if isinstance(exc, OSError):
+        assert str(info.value) == f"{target}: cannot write (No space left on device)"
+        assert info.value.__cause__ is exc
+
+
+def test_atomic_write_into_unwritable_place_names_the_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataError, match=r"file.sub.a\.png: cannot write \(") as info:
+        data.save_image(torch.rand(3, 4, 4), tmp_path / "file" / "sub" / "a.png")
+    assert isinstance(info.value.__cause__, OSError)
+    assert os.listdir(tmp_path) == ["file"]
+
+
+def test_check_writable(tmp_path):
+    folder = tmp_path / "a" / "b"
+    assert data.check_writable(folder) == folder and folder.is_dir() and not os.listdir(folder)
+    (tmp_path / "file").write_text("x")  # root ignores chmod: a path under a file fails for all
+    with pytest.raises(DataError, match=r"file.sub: cannot write to this folder \(.+\)") as info:
+        data.check_writable(tmp_path / "file" / "sub")
+    assert isinstance(info.value.__cause__, OSError)
+    with pytest.raises(DataError, match="cannot write to the output folder"):
+        data.check_writable(tmp_path / "file" / "sub", "the output folder")
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -346,154 +400,17 @@ def test_dihedral_group():
     assert len({tuple(o.flatten().tolist()) + tuple(o.shape) for o in outs}) == 8
 
 
-# ----------------------------------------------------------------------------- dead leaves
-
-def test_dead_leaves_shape_range_determinism():
-    a = data.dead_leaves(64, np.random.default_rng(1))
-    b = data.dead_leaves(64, np.random.default_rng(1))
-    c = data.dead_leaves((48, 80), np.random.default_rng(2))
-    assert a.shape == (3, 64, 64) and a.dtype == torch.float32 and c.shape == (3, 48, 80)
-    assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
-    assert not torch.equal(a, data.dead_leaves(64, np.random.default_rng(2)))
-
-
-@FEW
-@given(SEEDS)
-def test_dead_leaves_not_flat(seed):
-    img = data.dead_leaves(96, np.random.default_rng(seed))
-    assert img.std() > 0.05
-    assert len(torch.unique(data.quantize(img)[0])) > 30
-    # edges exist: neighbouring pixels differ somewhere by a lot, but mostly little
-    dx = (img[:, :, 1:] - img[:, :, :-1]).abs()
-    assert dx.max() > 0.2 and dx.median() < 0.05
-
-
-def test_dead_leaves_fast():
-    rng = np.random.default_rng(0)
-    data.dead_leaves(128, rng)
-    t = time.process_time()
-    for _ in range(10):
-        data.dead_leaves(128, rng)
-    assert (time.process_time() - t) / 10 < 0.05  # ~2-4 ms measured; loose for slow CI
-
-
-# ----------------------------------------------------------------------------- degradations
-
-@pytest.mark.parametrize("fn", [
-    lambda x, r: data.rain(x, r), lambda x, r: data.rain(x, r, heavy=True), data.motion_blur,
-    lambda x, r: data.downsample_upsample(x), data.inpaint_mask,
-    lambda x, r: data.inpaint_mask(x, r, kind="thick"), data.haze])
-def test_degradations_shape_dtype_range_determinism(fn):
-    clean = photo_clean(0)
-    a, b = fn(clean, np.random.default_rng(5)), fn(clean, np.random.default_rng(5))
-    assert a.shape == clean.shape and a.dtype == torch.float32
-    assert 0 <= a.min() and a.max() <= 1 and torch.equal(a, b)
-
+# ----------------------------------------------------------------------------- degradation dispatch
 
 @FEW
 @given(SEEDS, st.sampled_from(data.TASKS))
 def test_each_degradation_degrades(seed, task):
     rng = np.random.default_rng(seed)
-    clean = photo_clean(seed) if seed % 2 else data.dead_leaves(96, rng)
+    clean = photo_clean(seed) if seed % 2 else synthetic.dead_leaves(96, rng)
     assume(clean.std() > 0.05)  # a flat patch of sky hardly changes under blur or SR
     lq = data.degrade(task, clean, rng)
     assert lq.shape == clean.shape and lq.dtype == torch.float32
     assert psnr(lq, clean) < {"denoise": 29, "sr": 36, "deblur": 36, "derain": 36}.get(task, 33)
-
-
-@FEW
-@given(SEEDS)
-def test_rain_streak_direction_follows_the_drawn_angle(seed):
-    base = np.random.default_rng(seed).uniform(-np.pi / 6, np.pi / 6)  # rain's first draw
-    clean = grey(128, 128)
-    # a slight blur first, so that pixel staircases of thin streaks do not bias the estimate
-    streaks = data.gaussian_blur(data.rain(clean, np.random.default_rng(seed)) - clean, 1.0)[0].double()
-    gy, gx = streaks[1:, :-1] - streaks[:-1, :-1], streaks[:-1, 1:] - streaks[:-1, :-1]
-    tensor = torch.tensor([[(gy * gy).sum(), (gy * gx).sum()], [(gy * gx).sum(), (gx * gx).sum()]])
-    v = torch.linalg.eigh(tensor).eigenvectors[:, 0]  # least gradient = along the streaks
-    angle = np.arctan2(v[1].item(), v[0].item())
-    diff = (angle - base + np.pi / 2) % np.pi - np.pi / 2
-    assert abs(diff) < np.radians(8)
-
-
-def test_rain_direction_varies_and_heavy_is_heavier():
-    angles = [np.random.default_rng(s).uniform(-np.pi / 6, np.pi / 6) for s in range(8)]
-    assert np.std(angles) > np.radians(8)  # orientation itself checked by the test above
-    clean = photo_clean(1, 128)
-    light = [psnr(data.rain(clean, np.random.default_rng(s)), clean) for s in range(6)]
-    heavy = [psnr(data.rain(clean, np.random.default_rng(s), heavy=True), clean) for s in range(6)]
-    assert np.mean(heavy) < np.mean(light) - 5
-    assert all(data.rain(clean, np.random.default_rng(s)).mean() > clean.mean() for s in range(6))
-
-
-@FEW
-@given(SEEDS)
-def test_motion_blur_removes_high_frequencies(seed):
-    k = data.motion_kernel(np.random.default_rng(seed))
-    assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1] and abs(k.sum() - 1) < 1e-5 and k.min() >= 0
-    white = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(seed))
-    # a line-like kernel keeps frequencies across its direction: < 0.75, ~0.45 typical
-    assert high_freq_energy(data.motion_blur(white, None, kernel=k)) < 0.75 * high_freq_energy(white)
-    clean = data.dead_leaves(96, np.random.default_rng(seed))
-    assert psnr(data.motion_blur(clean, np.random.default_rng(seed)), clean) < 36
-
-
-def test_motion_blur_with_delta_kernel_is_identity():
-    clean = photo_clean(2, 64)
-    delta = np.zeros((5, 5), np.float32)
-    delta[2, 2] = 1
-    assert torch.allclose(data.motion_blur(clean, None, kernel=delta), clean, atol=1e-5)
-
-
-@FEW
-@given(SEEDS)
-def test_haze_raises_mean_and_lowers_contrast(seed):
-    rng = np.random.default_rng(seed)
-    clean = data.dead_leaves(96, rng) * 0.9
-    hazy = data.haze(clean, rng)
-    assert hazy.mean() > clean.mean() and hazy.std() < clean.std()
-
-
-@FEW
-@given(SEEDS, st.sampled_from(["thin", "thick"]), st.floats(0.05, 0.5))
-def test_mask_coverage_and_fill(seed, kind, coverage):
-    mask = data.make_mask(96, 96, np.random.default_rng(seed), kind, coverage)
-    frac = mask.float().mean().item()
-    assert coverage <= frac <= coverage + (0.1 if kind == "thin" else 0.2)
-    clean = data.dead_leaves(96, np.random.default_rng(seed)) * 0.9
-    lq = data.inpaint_mask(clean, np.random.default_rng(seed), kind, coverage)
-    assert torch.equal(lq == 1, mask.expand(3, -1, -1))
-    assert torch.equal(lq[:, ~mask], clean[:, ~mask])
-
-
-def test_mask_default_coverage_ranges():
-    cover = lambda kind, s: data.make_mask(128, 128, np.random.default_rng(s), kind).float().mean().item()
-    thin, thick = [cover("thin", s) for s in range(10)], [cover("thick", s) for s in range(10)]
-    assert 0.1 <= min(thin) and max(thin) < 0.4 and 0.25 <= min(thick) and max(thick) < 0.65
-    with pytest.raises(DataError, match="mask kind"):
-        data.make_mask(8, 8, np.random.default_rng(0), "medium")
-
-
-def test_sr_same_size_and_loses_high_frequencies():
-    clean = photo_clean(3, 128)
-    lq = data.downsample_upsample(clean)
-    assert lq.shape == clean.shape and torch.equal(lq, data.downsample_upsample(clean))
-    # the x4 antialiased downsampling cancels a Nyquist checkerboard (up to borders)
-    checker = 0.1 * (-1.0) ** (torch.arange(128)[:, None] + torch.arange(128)[None, :])
-    base = clean * 0.8 + 0.1
-    assert (data.downsample_upsample(base + checker) - data.downsample_upsample(base)).abs().max() < 0.005
-    assert psnr(lq, clean) < 30
-    assert data.downsample_upsample(torch.rand(3, 30, 22)).shape == (3, 30, 22)
-
-
-@FEW
-@given(SEEDS)
-def test_noise_std_is_sigma_and_unclamped(seed):
-    clean = grey(128, 128, 0.02)
-    noisy = data.gaussian_noise(clean, np.random.default_rng(seed))
-    n = noisy - clean
-    assert abs(n.std().item() - 25 / 255) < 0.03 * 25 / 255 and abs(n.mean().item()) < 0.002
-    assert noisy.min() < 0  # unclamped
 
 
 def test_degrade_unknown_task():

@@ -1,0 +1,188 @@
+"""Tests for synthetic.py: clean-image generators and degradations."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import data
+import synthetic
+
+SEEDS = st.integers(0, 2**32 - 1)
+FEW = settings(max_examples=8, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run the generators single-threaded, as the datasets do (data._single_threaded):
+    on a busy 2-core machine intra-op threads on these small tensors cost ~30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def psnr(a, b):
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    return 10 * np.log10(1.0 / max(mse, 1e-12))
+
+
+def high_freq_energy(img, cutoff=0.25):
+    """Fraction of spectral energy (mean removed) above `cutoff` cycles/pixel."""
+    x = img.double() - img.double().mean(dim=(1, 2), keepdim=True)
+    spec = torch.fft.fft2(x).abs() ** 2
+    fy = torch.fft.fftfreq(x.shape[1])[:, None]
+    fx = torch.fft.fftfreq(x.shape[2])[None, :]
+    high = (fy ** 2 + fx ** 2).sqrt() > cutoff
+    return (spec * high).sum().item() / spec.sum().item()
+
+
+def grey(h=96, w=96, v=0.3):
+    return torch.full((3, h, w), v)
+
+
+def photo_clean(seed, crop=96):
+    return data._photo_crop(data.TRAIN_PHOTOS[seed % len(data.TRAIN_PHOTOS)], crop,
+                            np.random.default_rng(seed))
+
+
+# ----------------------------------------------------------------------------- dead leaves
+
+def test_dead_leaves_shape_range_determinism():
+    a = synthetic.dead_leaves(64, np.random.default_rng(1))
+    b = synthetic.dead_leaves(64, np.random.default_rng(1))
+    c = synthetic.dead_leaves((48, 80), np.random.default_rng(2))
+    assert a.shape == (3, 64, 64) and a.dtype == torch.float32 and c.shape == (3, 48, 80)
+    assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, synthetic.dead_leaves(64, np.random.default_rng(2)))
+
+
+@FEW
+@given(SEEDS)
+def test_dead_leaves_not_flat(seed):
+    img = synthetic.dead_leaves(96, np.random.default_rng(seed))
+    assert img.std() > 0.05
+    assert len(torch.unique(data.quantize(img)[0])) > 30
+    # edges exist: neighbouring pixels differ somewhere by a lot, but mostly little
+    dx = (img[:, :, 1:] - img[:, :, :-1]).abs()
+    assert dx.max() > 0.2 and dx.median() < 0.05
+
+
+def test_dead_leaves_fast():
+    rng = np.random.default_rng(0)
+    synthetic.dead_leaves(128, rng)
+    t = time.process_time()
+    for _ in range(10):
+        synthetic.dead_leaves(128, rng)
+    assert (time.process_time() - t) / 10 < 0.05  # ~2-4 ms measured; loose for slow CI
+
+
+# ----------------------------------------------------------------------------- degradations
+
+@pytest.mark.parametrize("fn", [
+    lambda x, r: synthetic.rain(x, r), lambda x, r: synthetic.rain(x, r, heavy=True), synthetic.motion_blur,
+    lambda x, r: synthetic.downsample_upsample(x), synthetic.inpaint_mask,
+    lambda x, r: synthetic.inpaint_mask(x, r, kind="thick"), synthetic.haze])
+def test_degradations_shape_dtype_range_determinism(fn):
+    clean = photo_clean(0)
+    a, b = fn(clean, np.random.default_rng(5)), fn(clean, np.random.default_rng(5))
+    assert a.shape == clean.shape and a.dtype == torch.float32
+    assert 0 <= a.min() and a.max() <= 1 and torch.equal(a, b)
+
+
+
+
+@FEW
+@given(SEEDS)
+def test_rain_streak_direction_follows_the_drawn_angle(seed):
+    base = np.random.default_rng(seed).uniform(-np.pi / 6, np.pi / 6)  # rain's first draw
+    clean = grey(128, 128)
+    # a slight blur first, so that pixel staircases of thin streaks do not bias the estimate
+    streaks = synthetic.gaussian_blur(synthetic.rain(clean, np.random.default_rng(seed)) - clean, 1.0)[0].double()
+    gy, gx = streaks[1:, :-1] - streaks[:-1, :-1], streaks[:-1, 1:] - streaks[:-1, :-1]
+    tensor = torch.tensor([[(gy * gy).sum(), (gy * gx).sum()], [(gy * gx).sum(), (gx * gx).sum()]])
+    v = torch.linalg.eigh(tensor).eigenvectors[:, 0]  # least gradient = along the streaks
+    angle = np.arctan2(v[1].item(), v[0].item())
+    diff = (angle - base + np.pi / 2) % np.pi - np.pi / 2
+    assert abs(diff) < np.radians(8)
+
+
+def test_rain_direction_varies_and_heavy_is_heavier():
+    angles = [np.random.default_rng(s).uniform(-np.pi / 6, np.pi / 6) for s in range(8)]
+    assert np.std(angles) > np.radians(8)  # orientation itself checked by the test above
+    clean = photo_clean(1, 128)
+    light = [psnr(synthetic.rain(clean, np.random.default_rng(s)), clean) for s in range(6)]
+    heavy = [psnr(synthetic.rain(clean, np.random.default_rng(s), heavy=True), clean) for s in range(6)]
+    assert np.mean(heavy) < np.mean(light) - 5
+    assert all(synthetic.rain(clean, np.random.default_rng(s)).mean() > clean.mean() for s in range(6))
+
+
+@FEW
+@given(SEEDS)
+def test_motion_blur_removes_high_frequencies(seed):
+    k = synthetic.motion_kernel(np.random.default_rng(seed))
+    assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1] and abs(k.sum() - 1) < 1e-5 and k.min() >= 0
+    white = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(seed))
+    # a line-like kernel keeps frequencies across its direction: < 0.75, ~0.45 typical
+    assert high_freq_energy(synthetic.motion_blur(white, None, kernel=k)) < 0.75 * high_freq_energy(white)
+    clean = synthetic.dead_leaves(96, np.random.default_rng(seed))
+    assert psnr(synthetic.motion_blur(clean, np.random.default_rng(seed)), clean) < 36
+
+
+def test_motion_blur_with_delta_kernel_is_identity():
+    clean = photo_clean(2, 64)
+    delta = np.zeros((5, 5), np.float32)
+    delta[2, 2] = 1
+    assert torch.allclose(synthetic.motion_blur(clean, None, kernel=delta), clean, atol=1e-5)
+
+
+@FEW
+@given(SEEDS)
+def test_haze_raises_mean_and_lowers_contrast(seed):
+    rng = np.random.default_rng(seed)
+    clean = synthetic.dead_leaves(96, rng) * 0.9
+    hazy = synthetic.haze(clean, rng)
+    assert hazy.mean() > clean.mean() and hazy.std() < clean.std()
+
+
+@FEW
+@given(SEEDS, st.sampled_from(["thin", "thick"]), st.floats(0.05, 0.5))
+def test_mask_coverage_and_fill(seed, kind, coverage):
+    mask = synthetic.make_mask(96, 96, np.random.default_rng(seed), kind, coverage)
+    frac = mask.float().mean().item()
+    assert coverage <= frac <= coverage + (0.1 if kind == "thin" else 0.2)
+    clean = synthetic.dead_leaves(96, np.random.default_rng(seed)) * 0.9
+    lq = synthetic.inpaint_mask(clean, np.random.default_rng(seed), kind, coverage)
+    assert torch.equal(lq == 1, mask.expand(3, -1, -1))
+    assert torch.equal(lq[:, ~mask], clean[:, ~mask])
+
+
+def test_mask_default_coverage_ranges():
+    cover = lambda kind, s: synthetic.make_mask(128, 128, np.random.default_rng(s), kind).float().mean().item()
+    thin, thick = [cover("thin", s) for s in range(10)], [cover("thick", s) for s in range(10)]
+    assert 0.1 <= min(thin) and max(thin) < 0.4 and 0.25 <= min(thick) and max(thick) < 0.65
+    with pytest.raises(ValueError, match="mask kind"):
+        synthetic.make_mask(8, 8, np.random.default_rng(0), "medium")
+
+
+def test_sr_same_size_and_loses_high_frequencies():
+    clean = photo_clean(3, 128)
+    lq = synthetic.downsample_upsample(clean)
+    assert lq.shape == clean.shape and torch.equal(lq, synthetic.downsample_upsample(clean))
+    # the x4 antialiased downsampling cancels a Nyquist checkerboard (up to borders)
+    checker = 0.1 * (-1.0) ** (torch.arange(128)[:, None] + torch.arange(128)[None, :])
+    base = clean * 0.8 + 0.1
+    assert (synthetic.downsample_upsample(base + checker) - synthetic.downsample_upsample(base)).abs().max() < 0.005
+    assert psnr(lq, clean) < 30
+    assert synthetic.downsample_upsample(torch.rand(3, 30, 22)).shape == (3, 30, 22)
+
+
+@FEW
+@given(SEEDS)
+def test_noise_std_is_sigma_and_unclamped(seed):
+    clean = grey(128, 128, 0.02)
+    noisy = synthetic.gaussian_noise(clean, np.random.default_rng(seed))
+    n = noisy - clean
+    assert abs(n.std().item() - 25 / 255) < 0.03 * 25 / 255 and abs(n.mean().item()) < 0.002
+    assert noisy.min() < 0  # unclamped
