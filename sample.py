@@ -33,7 +33,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,8 @@ import torch
 
 import irsde
 import metrics
-from data import IMAGE_EXTS, NOISE_SIGMA, DataError, detect_layout, find_pairs, load_image, save_image
+from data import (NOISE_SIGMA, DataError, atomic_write, check_writable, detect_layout, find_pairs, list_images,
+                  load_image, save_image)
 from unet import UNet
 
 TRAJECTORY_STATES = 8  # states shown in a trajectory strip (the paper's Fig. 6)
@@ -88,7 +88,7 @@ def load_checkpoint(path, device="cpu"):
         net.load_state_dict(ckpt.get("ema") or ckpt["model"])
         sde = None if config["loss"] == "cnn" else irsde.IRSDE(**config["sde"])
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{path}: checkpoint does not match this code's network or SDE ({e})") from e
+        raise DataError(f"{path}: checkpoint does not match this code's network or SDE ({e})") from e
     return net.to(device).eval(), sde, config
 
 
@@ -97,14 +97,14 @@ def read_checkpoint(path):
     that would run code is refused. ValueError naming the file when it is missing or unusable."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
+        raise DataError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # optimizer state stays off the GPU
     except Exception as e:  # torch raises many types for foreign or damaged files
-        raise ValueError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
+        raise DataError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
     missing = _missing_keys(ckpt)
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)} (not written by train.py?)")
+        raise DataError(f"{path}: checkpoint lacks {', '.join(missing)} (not written by train.py?)")
     return ckpt
 
 
@@ -144,7 +144,7 @@ def restore(net, sde, config, lq, sampler=None, steps=None, generator=None, nois
     kwargs = dict(generator=generator, callback=callback, clip_x0=clip_x0)
     if config["task"] == "denoise":
         if noise_sigma is None:
-            raise ValueError("denoising needs the noise level of the input (noise_sigma)")
+            raise DataError("denoising needs the noise level of the input (noise_sigma)")
         x0 = irsde.denoise(model, sde, lq, noise_sigma, steps, sampler, **kwargs)
     else:
         x0 = irsde.sample(model, sde, lq, steps, sampler, **kwargs)
@@ -171,7 +171,7 @@ def tiled(net, tile, overlap):
     per tile than on the whole image: the blend hides the tile borders, not that difference.
     """
     if tile < 1 or not 0 <= overlap <= tile // 2:
-        raise ValueError(f"tiles need tile >= 1 and 0 <= overlap <= tile / 2, got tile {tile}, overlap {overlap}")
+        raise DataError(f"tiles need tile >= 1 and 0 <= overlap <= tile / 2, got tile {tile}, overlap {overlap}")
 
     def forward(x, mu, t):
         h, w = x.shape[-2:]
@@ -241,20 +241,6 @@ def strip(images):
 
 # ---- input and output files ------------------------------------------------------------------
 
-def list_images(path):
-    """[path] for a file, else the folder's image files in sorted name order."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"{path}: no such file or folder")
-    files = sorted(p for p in path.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
-    if not files:
-        raise DataError(f"{path}: no images (looked for {', '.join(IMAGE_EXTS)})")
-    return files
-
-
 def find_jobs(input_path, gt_path=None):
     """[(lq, gt or None)]: a paired dataset folder (data.find_pairs), or the inputs paired with
     --gt by sorted file name."""
@@ -296,19 +282,9 @@ def prepare_output(out, jobs, subfolders):
     out = Path(out)
     sources = {p.parent.resolve() for job in jobs for p in job if p is not None}
     if out.resolve() in sources:
-        raise ValueError(f"{out}: output folder holds the input images; choose another folder")
-    try:
-        for folder in [out] + [out / s for s in subfolders]:
-            folder.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=out).close()  # a probe file, deleted on close
-    except OSError as e:
-        raise ValueError(f"{out}: cannot write to the output folder ({e.strerror or e})") from e
-
-
-def _write_atomic(path, text):
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+        raise DataError(f"{out}: output folder holds the input images; choose another folder")
+    for folder in [out] + [out / s for s in subfolders]:
+        check_writable(folder, "the output folder")
 
 
 # ---- metrics report --------------------------------------------------------------------------
@@ -339,8 +315,9 @@ def write_metrics(out, rows, info):
     writer.writerow(["image"] + keys)
     for row in rows + [dict(mean, image="mean")]:
         writer.writerow([row["image"]] + [f"{row[k]:.6f}" for k in keys])
-    _write_atomic(out / "metrics.csv", buf.getvalue())
-    _write_atomic(out / "metrics.json", json.dumps(dict(info, images=rows, mean=mean), indent=2) + "\n")
+    atomic_write(out / "metrics.csv", lambda f: f.write(buf.getvalue().encode()))
+    report = json.dumps(dict(info, images=rows, mean=mean), indent=2) + "\n"
+    atomic_write(out / "metrics.json", lambda f: f.write(report.encode()))
 
 
 def print_table(rows):
@@ -378,23 +355,26 @@ def parse_args(argv=None):
 
 
 def check_args(args, sde, config):
-    """Option values that argparse cannot judge alone; ValueError naming the option."""
+    """Option values that argparse cannot judge alone; DataError naming the option."""
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine")
+        raise DataError("--device cuda: CUDA is not available on this machine")
     if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}")
+        raise DataError(f"--steps must be at least 1, got {args.steps}")
     if args.noise_sigma is not None and config["task"] != "denoise":
-        raise ValueError(f"--noise-sigma applies to denoising checkpoints only (this one: {config['task']})")
+        raise DataError(f"--noise-sigma applies to denoising checkpoints only (this one: {config['task']})")
     if config["task"] == "denoise":
         args.noise_sigma = NOISE_SIGMA * 255 if args.noise_sigma is None else args.noise_sigma
-        sde.start_index(args.noise_sigma / 255)  # raises unless 0 < sigma < lambda
+        try:
+            sde.start_index(args.noise_sigma / 255)
+        except ValueError as e:  # unless 0 < sigma < lambda
+            raise DataError(f"--noise-sigma {args.noise_sigma:g}: {e}") from None
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
         run(args)
-    except (ValueError, OSError) as e:  # DataError is a ValueError
+    except DataError as e:  # the project's own errors; anything else keeps its traceback
         sys.exit(f"error: {e}")
 
 

@@ -120,14 +120,14 @@ def resume_args(given, ckpt, path):
     saved = argparse.Namespace(**ckpt["config"]["args"])
     for key in ("task", "net", "loss", "param"):
         if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
-            raise ValueError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
+            raise data.DataError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
                              f"{getattr(given, key)}; start a new run instead of --resume")
     ignored = [f"--{key.replace('_', '-')} (the run has {getattr(saved, key, None)!r})"
                for key, value in vars(given).items()
                if key not in RESUME_MAY_CHANGE and value not in (None, False)
                and _normalised(key, value) != getattr(saved, key, None)]
     if ignored:
-        raise ValueError(f"{path}: --resume continues the run with its own settings and would ignore "
+        raise data.DataError(f"{path}: --resume continues the run with its own settings and would ignore "
                          f"{', '.join(ignored)}; drop them, or start a new run with --out")
     for key in RESUME_MAY_CHANGE:
         if key in ("out", "device", "compile", "resume") or getattr(given, key) is not None:
@@ -203,16 +203,6 @@ class EpochIndexed(torch.utils.data.Dataset):
         return self.dataset[idx]
 
 
-def check_writable(out):
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(f"output folder {out} is not writable: {e.strerror or e}") from None
-
-
 # ---- checkpoints -------------------------------------------------------------------------------
 
 def rng_state(generator):
@@ -239,9 +229,7 @@ def save_checkpoint(path, step, net, ema, opt, sched, generator, config):
     state = dict(model=net.state_dict(), ema=ema.module.state_dict(), ema_n_averaged=ema.n_averaged,
                  optimizer=opt.state_dict(), scheduler=sched.state_dict(), step=step,
                  rng=rng_state(generator), config=config)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    data.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_resume(path):
@@ -249,7 +237,7 @@ def load_resume(path):
     ckpt = sample.read_checkpoint(path)
     missing = {"model", "ema", "optimizer", "scheduler", "step", "rng"} - set(ckpt)
     if missing:
-        raise ValueError(f"{path}: not a train.py checkpoint (missing {', '.join(sorted(missing))})")
+        raise data.DataError(f"{path}: not a train.py checkpoint (missing {', '.join(sorted(missing))})")
     return ckpt
 
 
@@ -318,7 +306,7 @@ def main(argv=None):
         ckpt = load_resume(args.resume)
         args = resume_args(args, ckpt, args.resume)
     elif args.task is None:
-        raise ValueError("--task is required (one of " + ", ".join(data.TASKS) + ")")
+        raise data.DataError("--task is required (one of " + ", ".join(data.TASKS) + ")")
     else:
         args = fill_defaults(args)
     rank, world, device = setup_distributed(args)
@@ -326,7 +314,7 @@ def main(argv=None):
     val_set = data.make_dataset(args.task, args.val, VAL_CROP, args.seed, "val", n=args.val_images)
     out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else Path("runs", args.task)
     if rank == 0:
-        check_writable(out)
+        data.check_writable(out, "the output folder")
     # Same seed on every rank for the weights; rank-specific noise and time draws.
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -430,5 +418,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FloatingPointError) as e:  # data.DataError is a ValueError
+    except (data.DataError, FloatingPointError) as e:  # the project's own errors; others keep their traceback
         sys.exit(f"error: {e}")

@@ -112,7 +112,7 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch):
     cases = [
         (["--task", "derain", "--data", str(tmp_path / "missing")], "missing"),
         (["--task", "derain", "--data", str(tmp_path / "empty")], "empty"),
-        (["--task", "derain", "--out", str(blocker / "sub")], "not writable"),
+        (["--task", "derain", "--out", str(blocker / "sub")], "cannot write to the output folder"),
         (["--resume", str(tmp_path / "nope.pt")], "not found"),
     ]
     for argv, expected in cases:
