@@ -10,12 +10,13 @@ Real data: `find_pairs` / `PairedFolder` read the layouts users have on disk (se
   "rain100" Rain100H/L as distributed by PReNet: rain-N.png / norain-N.png in one folder,
             or rain/ (or rainy/) and norain/ subfolders;
   "gopro"   <root>/<scene>/blur/*.png and <root>/<scene>/sharp/*.png (or root = one scene).
-Synthetic data: `SyntheticPairs` degrades clean images that are either dead-leaves images
-or crops of the photographs shipped in assets/ (see ATTRIBUTION.md); `degrade` maps a task
-to its degradation. The generators themselves (clean images, degradations) are pure
-functions of their numpy Generator and live in synthetic.py.
-`TRAIN_PHOTOS` are used for training only; `VAL_PHOTOS` (chelsea.png) are held out for the
-fixed validation set.
+Synthetic data: `SyntheticPairs` degrades clean images (dead leaves, procedural textures,
+crops of the photographs shipped in assets/, see ATTRIBUTION.md); `degrade` maps a task and
+a split to its degradation. Splits: "train" (wide ranges), "val" (fixed; the paper's
+settings) and "unseen" (fixed; degradation models and photographs training never uses).
+The generators themselves are pure functions of their numpy Generator and live in
+synthetic.py. `TRAIN_PHOTOS` are used for training only; `VAL_PHOTOS` (chelsea.png) and
+`UNSEEN_PHOTOS` (rocket.png, chelsea.png) are held out.
 """
 import os
 import re
@@ -36,8 +37,11 @@ from synthetic import NOISE_SIGMA, upsample  # noqa: F401  (train.py and sample.
 TASKS = ("derain", "deblur", "denoise", "sr", "inpaint", "dehaze")
 LAYOUTS = ("gtlq", "rain100", "gopro")
 ASSETS = Path(__file__).resolve().parent / "assets"
-TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "rocket.png", "camera.png")
-VAL_PHOTOS = ("chelsea.png",)
+SPLITS = ("train", "val", "unseen")
+TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "camera.png", "ihc.png", "coins.png", "text.png",
+                "brick.png", "grass.png", "gravel.png")
+VAL_PHOTOS = ("chelsea.png",)  # held out: the val set only
+UNSEEN_PHOTOS = ("rocket.png", "chelsea.png")  # held out: the unseen set only (and val)
 VAL_SEED = 12345  # the validation set never depends on the user's seed
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_TRAIN_LEN = 1000  # nominal epoch length of the synthetic training set
@@ -480,25 +484,41 @@ def _photo_crop(name, crop, rng):
 
 # ----------------------------------------------------------------------------- task -> degradation
 
-def degrade(task, clean, rng):
-    """Low-quality version of `clean` for `task` (section 9).
+def degrade(task, clean, rng, split="val"):
+    """Low-quality version of `clean` for `task` (section 9), as drawn for `split`.
 
-    derain: light or heavy rain with probability 1/2 each (Rain100L / Rain100H);
-    deblur: camera shake; denoise: sigma = 25/255, unclamped; sr: x4 bicubic down/up;
-    inpaint: "thin" masks (the paper's CelebA-HQ setting); dehaze: synthetic haze.
+    "val" (the default; the paper's settings): derain: light or heavy rain with probability
+    1/2 each (Rain100L / Rain100H-like, synthetic.rain); deblur: camera shake of extent 3-15
+    px; denoise: sigma = 25/255, unclamped; sr: x4 bicubic down/up; inpaint: "thin" masks
+    (the paper's CelebA-HQ setting); dehaze: haze with beta 0.6-1.8.
+    "train": wider ranges that contain the val ones: derain: synthetic.rain_streaks with
+    probability 3/4, else the val rain; deblur: motion_blur(wide=True); inpaint: "thin" or
+    "thick" masks (1/2 each); dehaze: haze(wide=True); denoise and sr as val (the tasks are
+    defined at sigma 25 and bicubic x4; the IR-SDE denoiser, mu = x0, never sees the LQ).
+    "unseen": models that training never uses: derain: synthetic.rain_drops; deblur:
+    defocus_blur; inpaint: inpaint_blobs; dehaze: fog; denoise and sr as val (their unseen
+    set differs from val by its held-out photographs only).
     """
     _check_task(task)
+    _check_split(split)
+    unseen, train = split == "unseen", split == "train"
     if task == "derain":
+        if unseen:
+            return synthetic.rain_drops(clean, rng)
+        if train and rng.random() < 0.75:
+            return synthetic.rain_streaks(clean, rng)
         return synthetic.rain(clean, rng, heavy=bool(rng.random() < 0.5))
     if task == "deblur":
-        return synthetic.motion_blur(clean, rng)
+        return synthetic.defocus_blur(clean, rng) if unseen else synthetic.motion_blur(clean, rng, wide=train)
     if task == "denoise":
         return synthetic.gaussian_noise(clean, rng)
     if task == "sr":
         return synthetic.downsample_upsample(clean)
     if task == "inpaint":
-        return synthetic.inpaint_mask(clean, rng, kind="thin")
-    return synthetic.haze(clean, rng)
+        if unseen:
+            return synthetic.inpaint_blobs(clean, rng)
+        return synthetic.inpaint_mask(clean, rng, kind="thick" if train and rng.random() < 0.5 else "thin")
+    return synthetic.fog(clean, rng) if unseen else synthetic.haze(clean, rng, wide=train)
 
 
 def _check_task(task):
@@ -506,33 +526,42 @@ def _check_task(task):
         raise DataError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
+def _check_split(split):
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+
+
 # ----------------------------------------------------------------------------- synthetic pairs
 
 class SyntheticPairs(Dataset):
     """(lq, gt) pairs made by degrading clean crop x crop images, both (3, crop, crop).
 
-    split="train": clean = a dead-leaves image or a random zoomed crop of a TRAIN_PHOTOS
-    photo (1/2 each), one of 8 flips/rotations, degraded; all drawn from
+    split="train": clean = a random zoomed crop of a TRAIN_PHOTOS photo (p 0.4), a
+    dead-leaves image (p 0.3) or a procedural image (synthetic.procedural: smooth regions
+    with edges, gratings, polygons, mixtures; p 0.3), then one of 8 flips/rotations, then
+    degraded with the training ranges (degrade(..., "train")); all drawn from
     np.random.default_rng([seed, epoch, idx]); n is the nominal epoch length.
-    split="val": n fixed images (even idx: crops of VAL_PHOTOS, odd idx: dead leaves)
-    drawn from seeds derived from VAL_SEED only (not from `seed`), whose 4-word seed
-    sequences can never equal a training one (for seeds below 2**32), so the set is the
-    same on every run and disjoint from training data. Clean images are the same for every task.
-    GT and LQ are rounded to 8 bits like images read from PNG files, except the noisy
-    denoising input, which stays unclamped floating point.
+    split="val": n fixed images (even idx: crops of VAL_PHOTOS, odd idx: dead leaves),
+    degraded with the paper's settings (degrade(..., "val")).
+    split="unseen": n fixed crops of UNSEEN_PHOTOS (never used for training), degraded by
+    models training never uses (degrade(..., "unseen"), e.g. rain_drops for derain).
+    val and unseen are drawn from seeds derived from VAL_SEED only (not from `seed`), whose
+    4-word seed sequences can never equal a training one (for seeds below 2**32), so each
+    set is the same on every run and disjoint from training data. Clean images are the
+    same for every task. GT and LQ are rounded to 8 bits like images read from PNG files,
+    except the noisy denoising input, which stays unclamped floating point.
     """
 
     def __init__(self, task, n, crop, seed=0, split="train"):
         _check_task(task)
-        if split not in ("train", "val"):
-            raise DataError(f"unknown split {split!r}; expected 'train' or 'val'")
+        _check_split(split)
         if int(n) != n or n < 1 or int(crop) != crop or crop < 8:
             raise DataError(f"need n >= 1 and crop >= 8, got n={n!r}, crop={crop!r}")
         self.task, self.n, self.crop, self.seed, self.split = task, int(n), int(crop), seed, split
         self.epoch = 0
 
     def set_epoch(self, epoch):
-        """Select the training epoch (the validation set ignores it)."""
+        """Select the training epoch (the val and unseen sets ignore it)."""
         self.epoch = int(epoch)
 
     def __len__(self):
@@ -548,18 +577,24 @@ class SyntheticPairs(Dataset):
             clean = self._train_clean(rng)
             clean = dihedral(clean, int(rng.integers(8)))
         else:
-            clean = self._val_clean(idx)
-            rng = np.random.default_rng([VAL_SEED, idx, TASKS.index(self.task) + 1, 1])
-        lq = degrade(self.task, clean, rng)
+            tag = SPLITS.index(self.split)  # 1 (val) or 2 (unseen)
+            clean = self._held_out_clean(idx, tag)
+            rng = np.random.default_rng([VAL_SEED, idx, TASKS.index(self.task) + 1, tag])
+        lq = degrade(self.task, clean, rng, self.split)
         return (lq if self.task == "denoise" else quantize(lq)), clean
 
     def _train_clean(self, rng):
-        if rng.random() < 0.5:
+        u = rng.random()
+        if u < 0.3:
             return quantize(synthetic.dead_leaves(self.crop, rng))
+        if u < 0.6:
+            return quantize(synthetic.procedural(self.crop, rng))
         return _photo_crop(TRAIN_PHOTOS[int(rng.integers(len(TRAIN_PHOTOS)))], self.crop, rng)
 
-    def _val_clean(self, idx):
-        rng = np.random.default_rng([VAL_SEED, idx, 0, 1])
+    def _held_out_clean(self, idx, tag):
+        rng = np.random.default_rng([VAL_SEED, idx, 0, tag])
+        if self.split == "unseen":
+            return _photo_crop(UNSEEN_PHOTOS[idx % len(UNSEEN_PHOTOS)], self.crop, rng)
         if idx % 2 == 0:
             return _photo_crop(VAL_PHOTOS[(idx // 2) % len(VAL_PHOTOS)], self.crop, rng)
         return quantize(synthetic.dead_leaves(self.crop, rng))
@@ -569,14 +604,17 @@ def make_dataset(task, root=None, crop=128, seed=0, split="train", n=None, scale
     """PairedFolder(root) when root is given, else SyntheticPairs.
 
     Folders: split="train" gives random crops with augmentation, split="val" whole images;
-    n is ignored; scale defaults to 1, and for task "sr" is inferred from the image sizes
-    (4 for DIV2K-style LQ, 1 when LQ is stored already upsampled).
-    Synthetic: n defaults to DEFAULT_TRAIN_LEN (train) or DEFAULT_VAL_LEN (val).
+    "unseen" is an error (it exists for the built-in data only); n is ignored; scale
+    defaults to 1, and for task "sr" is inferred from the image sizes (4 for DIV2K-style
+    LQ, 1 when LQ is stored already upsampled).
+    Synthetic: n defaults to DEFAULT_TRAIN_LEN (train) or DEFAULT_VAL_LEN (val, unseen).
     """
     _check_task(task)
-    if split not in ("train", "val"):
-        raise DataError(f"unknown split {split!r}; expected 'train' or 'val'")
+    _check_split(split)
     if root is not None:
+        if split == "unseen":
+            raise DataError(f"{root}: the 'unseen' split exists only for the built-in synthetic "
+                            f"data; use split 'val' for a folder")
         if scale is None and task != "sr":
             scale = 1  # for "sr", None makes _check_sizes infer it
         train = split == "train"

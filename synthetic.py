@@ -1,9 +1,19 @@
 """Synthetic images for IR-SDE's built-in data: clean-image generators and degradations.
 
-Clean images: `dead_leaves` (Achddou et al. 2021) and its helpers, `gaussian_blur`.
-Degradations, one per task of PAPER.md section 9: `rain` (derain), `motion_blur` with
-`motion_kernel` (deblur), `gaussian_noise` (denoise), `downsample_upsample` (sr),
-`make_mask` / `inpaint_mask` (inpaint), `haze` (dehaze).
+Clean images: `dead_leaves` (Achddou et al. 2021); `procedural` picks one of
+`piecewise_smooth` (smooth regions, sharp edges), `gratings` (stripes), `polygons` and
+`texture_mix` (two of them through a soft mask).
+Degradations per task of PAPER.md section 9, each documenting its parameter ranges:
+  derain   `rain` (Rain100L/H-like; val), `rain_streaks` (wide ranges; train),
+           `rain_drops` (a different rain model; the unseen set only)
+  deblur   `motion_blur` with `motion_kernel` (val; wide=True: train),
+           `defocus_blur` with `defocus_kernel` (unseen only)
+  denoise  `gaussian_noise` (sigma 25/255 everywhere)
+  sr       `downsample_upsample` (x4 bicubic everywhere)
+  inpaint  `make_mask` / `inpaint_mask` (thin: val; thin or thick: train),
+           `blob_mask` / `inpaint_blobs` (unseen only)
+  dehaze   `haze` (val; wide=True: train), `fog` (unseen only)
+Which split uses which is decided in data.degrade.
 
 Images are float32 torch tensors (3, H, W) in [0, 1]. Every function is a pure function
 of its arguments: all randomness is drawn from the numpy `np.random.Generator` passed in
@@ -14,6 +24,7 @@ datasets live in data.py, which imports this module (never the other way round).
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 NOISE_SIGMA = 25 / 255  # section 9: denoising at sigma = 25
 SR_SCALE = 4  # section 9: 4x super-resolution
@@ -145,6 +156,118 @@ def gaussian_blur(img, sigma):
     return sum(t * x[:, k:k + h] for k, t in enumerate(taps))
 
 
+# ----------------------------------------------------------------------------- procedural clean images
+
+def procedural(size, rng):
+    """A procedural clean image: piecewise_smooth, gratings, polygons or texture_mix (1/4 each)."""
+    kind = int(rng.integers(4))
+    return (piecewise_smooth, gratings, polygons, texture_mix)[kind](size, rng)
+
+
+def piecewise_smooth(size, rng):
+    """Smooth colour regions with sharp edges between them.
+
+    Regions: with probability 1/2 a Voronoi partition of 2-12 random seeds (straight edges),
+    else 1-3 smooth random fields (2-5 control points per side) each thresholded at U(0.3, 0.7)
+    (curved edges, up to 8 regions). Each region: a random colour (grey U(0.05, 0.95) plus
+    N(0, 0.15) per channel) and a linear gradient of slope N(0, 0.3) per image side; then
+    a smooth illumination field in [0.7, 1.3] and an optics blur of sigma U(0.3, 0.9) px.
+    """
+    h, w = _hw(size)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    if rng.random() < 0.5:
+        k = int(rng.integers(2, 13))
+        seeds = rng.random((k, 2)) * [h / max(h, w), w / max(h, w)]
+        label = np.argmin((yy[..., None] - seeds[:, 0]) ** 2 + (xx[..., None] - seeds[:, 1]) ** 2, -1)
+    else:
+        m = int(rng.integers(1, 4))
+        k = 2 ** m
+        label = sum((_smooth_field(h, w, rng, int(rng.integers(2, 6)), 0, 1)
+                     > rng.uniform(0.3, 0.7)).astype(np.int64) << i for i in range(m))
+    colour = np.clip(rng.uniform(0.05, 0.95, (k, 1)) + rng.normal(0, 0.15, (k, 3)), 0, 1)
+    slope = rng.normal(0, 0.3, (k, 2))
+    img = colour[label] + (slope[label, 0] * (yy - 0.5) + slope[label, 1] * (xx - 0.5))[..., None]
+    img = img * _smooth_field(h, w, rng, 4, 0.7, 1.3)[..., None]
+    img = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)
+    return gaussian_blur(img, rng.uniform(0.3, 0.9)).clamp(0, 1)
+
+
+def gratings(size, rng):
+    """Stripes: the sum of 1-3 gratings mapping onto a blend of a dark colour (U(0, 0.5)
+    per channel) and a light one (U(0.5, 1)).
+
+    Each grating: sinusoidal or square-wave (a steep tanh of a sinusoid), 1/2 each; period
+    log-uniform in [3, 48] px; any orientation; weight U(0.3, 1); with probability 1/3 a
+    chirp (the frequency changes by a factor up to 3 across the image). With probability
+    1/2 a smooth envelope in [0.2, 1] modulates the contrast. Optics blur sigma U(0.3, 0.8).
+    """
+    h, w = _hw(size)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    v = np.zeros((h, w))
+    for _ in range(int(rng.integers(1, 4))):
+        d = _unit(rng.uniform(0, np.pi, 1))[0]
+        u = yy * d[0] + xx * d[1]
+        u = u - u.min()
+        if rng.random() < 1 / 3:  # chirp: the local frequency grows linearly along u
+            u = u + (rng.uniform(1, 3) - 1) * u ** 2 / (2 * max(u.max(), 1))
+        wave = np.sin(2 * np.pi * u / np.exp(rng.uniform(np.log(3), np.log(48))) + rng.uniform(0, 2 * np.pi))
+        if rng.random() < 0.5:
+            wave = np.tanh(4 * wave) / np.tanh(4)
+        v += rng.uniform(0.3, 1) * wave
+    v = 0.5 + 0.5 * v / max(np.abs(v).max(), 1e-9)
+    if rng.random() < 0.5:
+        v = 0.5 + (v - 0.5) * _smooth_field(h, w, rng, 3, 0.2, 1.0)
+    a, b = rng.uniform(0, 0.5, 3), rng.uniform(0.5, 1, 3)  # dark and light colour
+    img = torch.from_numpy((a + (b - a) * v[..., None]).astype(np.float32)).permute(2, 0, 1)
+    return gaussian_blur(img, rng.uniform(0.3, 0.8)).clamp(0, 1)
+
+
+def polygons(size, rng):
+    """Random star-shaped polygons occluding one another over a gradient background.
+
+    4-20 polygons, each with 3-8 vertices at sorted random angles and radii U(0.4, 1) x R,
+    R = U(0.05, 0.4) x the image side, centres uniform on the image; later polygons lie
+    on top. Each polygon and the background: a random colour plus a linear ramp of slope
+    N(0, 0.3) per image side. Edges are anti-aliased by 2 x 2 supersampling.
+    """
+    h, w = _hw(size)
+    H, W = 2 * h, 2 * w
+    label = Image.new("I", (W, H), 0)
+    draw = ImageDraw.Draw(label)
+    n = int(rng.integers(4, 21))
+    for i in range(1, n + 1):
+        k = int(rng.integers(3, 9))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+        rad = rng.uniform(0.4, 1, k) * rng.uniform(0.05, 0.4) * 2 * min(h, w)
+        cy, cx = rng.uniform(0, H), rng.uniform(0, W)
+        draw.polygon(list(zip(cx + rad * np.sin(ang), cy + rad * np.cos(ang))), fill=i)
+    colour = np.clip(rng.uniform(0.05, 0.95, (n + 1, 1)) + rng.normal(0, 0.15, (n + 1, 3)), 0, 1)
+    table = torch.from_numpy(np.concatenate([colour, rng.normal(0, 0.3, (n + 1, 2))], 1)).float()
+    p = table[torch.from_numpy(np.asarray(label, np.int64))].permute(2, 0, 1)
+    yy = torch.arange(H, dtype=torch.float32)[:, None] / max(H, W) - 0.5
+    xx = torch.arange(W, dtype=torch.float32)[None, :] / max(H, W) - 0.5
+    img = p[:3] + p[3] * yy + p[4] * xx
+    return F.avg_pool2d(img[None], 2)[0].clamp(0, 1)
+
+
+def texture_mix(size, rng):
+    """Two clean images (dead_leaves, piecewise_smooth, gratings or polygons, drawn
+    independently) blended through a soft mask: a smooth random field (2-5 control points
+    per side) thresholded at U(0.35, 0.65) with an edge ramp U(0.5, 4) px wide."""
+    h, w = _hw(size)
+    kinds = (dead_leaves, piecewise_smooth, gratings, polygons)
+    a, b = (kinds[int(rng.integers(4))]((h, w), rng) for _ in range(2))
+    f = _smooth_field(h, w, rng, int(rng.integers(2, 6)), 0, 1) - rng.uniform(0.35, 0.65)
+    grad = np.hypot(*np.gradient(f))
+    soft = rng.uniform(0.5, 4) * np.maximum(grad, 1e-6)  # field change over the ramp width
+    m = torch.from_numpy(np.clip(0.5 + f / soft, 0, 1).astype(np.float32))
+    return (a * m + b * (1 - m)).clamp(0, 1)
+
+
+def _hw(size):
+    return (size, size) if np.isscalar(size) else tuple(size)
+
+
 # ----------------------------------------------------------------------------- degradations
 
 def _fft_conv(img, kernel):
@@ -206,13 +329,113 @@ def rain(img, rng, heavy=False):
     return out.clamp(0, 1)
 
 
-def motion_kernel(rng, extent=None, steps=64):
-    """Random camera-shake kernel: a random-walk trajectory (velocity with random
-    accelerations, cf. Boracchi & Foi 2012) scaled to `extent` pixels (default 3-15),
-    rasterised with bilinear weights and normalised to sum 1. Returns (k, k) float32, k odd.
+def rain_streaks(img, rng):
+    """Training rain from wide ranges (the "streak model": stationary layers, screen blend).
+
+    Per image: n = 1-4 layers around a common direction U(-45, 45) degrees from vertical,
+    each layer off by N(0, 10) degrees. Per layer: streak length U(6, 60) px (at most the
+    image side - 2); width (FWHM of the Gaussian cross-section) log-uniform in [1, 5] px;
+    the fraction of the image the layer's streaks cover, density x length x width,
+    log-uniform in [0.1, 0.6] / sqrt(n), which makes the drop density per pixel range
+    over two decades (clipped to [2e-4, 2e-2]); drop brightness U(0.4, 1) (as in `rain`);
+    layer opacity U(0.4, 0.95); the layer blurred with sigma U(0, 1) px (defocused
+    streaks; none below 0.25). With probability 1/2 a veil: O = a O + (1 - a) A,
+    a ~ U(0.7, 0.97), grey A ~ U(0.6, 1). The direction, length, width, opacity and veil
+    ranges contain those of `rain` (whose heaviest layers cover more than these).
     """
-    extent = rng.uniform(3, 15) if extent is None else extent
-    v = _unit(rng.uniform(0, 2 * np.pi, 1))[0] + np.cumsum(rng.normal(0, 0.25, (steps, 2)), 0)
+    _, h, w = img.shape
+    base = rng.uniform(-np.pi / 4, np.pi / 4)
+    n = int(rng.integers(1, 5))
+    s = torch.zeros(h, w)
+    for _ in range(n):
+        angle = base + rng.normal(0, np.radians(10))
+        length, fwhm = rng.uniform(6, 60), np.exp(rng.uniform(0, np.log(5)))
+        cover = np.exp(rng.uniform(np.log(0.1), np.log(0.6))) / np.sqrt(n)
+        density = np.clip(cover / (length * fwhm), 2e-4, 2e-2)
+        layer = _streaks(h, w, rng, angle, density, length, fwhm / 2.355)
+        sigma = rng.uniform(0, 1)
+        if sigma > 0.25:
+            layer = gaussian_blur(layer[None], sigma)[0]
+        s = 1 - (1 - s) * (1 - rng.uniform(0.4, 0.95) * layer)
+    out = 1 - (1 - img) * (1 - s)
+    if rng.random() < 0.5:
+        a = rng.uniform(0.7, 0.97)
+        out = a * out + (1 - a) * rng.uniform(0.6, 1.0)
+    return out.clamp(0, 1)
+
+
+def rain_drops(img, rng):
+    """Unseen rain (the "drop model", for the unseen validation set; training never uses it).
+
+    Raindrops at individual depths, rendered as anti-aliased, motion-blurred line segments
+    and alpha-composited, plus fog. Unlike the streak model, each drop's depth sets its
+    length, thickness and opacity (perspective), directions fan out towards a vanishing
+    point, drops cover the scene with their colour instead of brightening it, and streaks
+    have uniform brightness with soft ends instead of a tapered profile.
+    Drops: H x W x U(0.001, 0.006) of them, centres uniform on the image; depth z
+    log-uniform in [1, 8]; length L0 / z, L0 ~ U(30, 90) px; thickness (FWHM) max(0.8,
+    T0 / z) px, T0 ~ U(2, 5); opacity U(0.35, 0.9) x exp(-0.2 (z - 1)); direction towards a
+    vanishing point U(2, 6) image sides below the centre, U(-25, 25) degrees from vertical;
+    colour grey U(0.75, 1) mixed 25 % with the image's mean colour. Three depth layers,
+    composited far to near. Fog: O = (1 - f) O + f A, f = f0 (1 - 0.5 y / H) (thicker at
+    the top), f0 ~ U(0.05, 0.3), A ~ U(0.7, 0.95).
+    """
+    _, h, w = img.shape
+    n = max(1, int(round(h * w * rng.uniform(0.001, 0.006))))
+    z = np.exp(rng.uniform(0, np.log(8), n))
+    length = rng.uniform(30, 90) / z
+    thick = np.maximum(rng.uniform(2, 5) / z, 0.8)
+    alpha = rng.uniform(0.35, 0.9, n) * np.exp(-0.2 * (z - 1))
+    theta, dist = rng.uniform(-np.radians(25), np.radians(25)), rng.uniform(2, 6) * max(h, w)
+    centre = rng.random((n, 2)) * [h, w]
+    direction = np.array([h / 2, w / 2]) + dist * _unit(np.array([theta]))[0] - centre
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    colour = 0.75 * rng.uniform(0.75, 1.0) + 0.25 * img.mean((1, 2))[:, None, None]
+    depth_layer = np.minimum((np.log(z) / np.log(8) * 3).astype(np.int64), 2)
+    out = img
+    for layer in (2, 1, 0):
+        sel = depth_layer == layer
+        if sel.any():
+            a = _segments(h, w, centre[sel], direction[sel], length[sel], alpha[sel],
+                          float(np.median(thick[sel])) / 2.355)
+            out = out * (1 - a) + colour * a
+    f = rng.uniform(0.05, 0.3) * (1 - 0.5 * torch.arange(h, dtype=torch.float32)[:, None] / h)
+    return (out * (1 - f) + rng.uniform(0.7, 0.95) * f).clamp(0, 1)
+
+
+def _segments(h, w, centre, direction, length, alpha, sigma, step=0.5):
+    """(H, W) opacity of line segments: points every `step` px splatted with bilinear
+    weights (anti-aliased), then a Gaussian cross-section of std `sigma`; scaled so that
+    a segment's opacity is `alpha` on its axis; overlaps add up to at most 1."""
+    m = (length / step).astype(np.int64) + 1
+    idx = np.repeat(np.arange(len(m)), m)
+    t = (np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)) * step - length[idx] / 2
+    p = centre[idx] + t[:, None] * direction[idx]
+    base = np.floor(p - 0.5).astype(np.int64)  # pixel centres at +0.5
+    frac = p - 0.5 - base
+    acc = np.zeros((h + 2, w + 2))
+    for oy in (0, 1):
+        for ox in (0, 1):
+            wgt = (frac[:, 0] if oy else 1 - frac[:, 0]) * (frac[:, 1] if ox else 1 - frac[:, 1])
+            y, x = base[:, 0] + oy + 1, base[:, 1] + ox + 1
+            ok = (y >= 0) & (y < h + 2) & (x >= 0) & (x < w + 2)
+            np.add.at(acc, (y[ok], x[ok]), (wgt * alpha[idx] * step)[ok])
+    acc = torch.from_numpy(acc[1:-1, 1:-1].astype(np.float32))[None]
+    spread = np.sqrt(sigma ** 2 + 1 / 6)  # bilinear splatting spreads by a tent of variance 1/6
+    return (gaussian_blur(acc, sigma)[0] * np.sqrt(2 * np.pi) * spread).clamp(0, 1)
+
+
+def motion_kernel(rng, extent=None, steps=64, wide=False):
+    """Random camera-shake kernel: a random-walk trajectory (velocity with random
+    accelerations of std `jitter`, cf. Boracchi & Foi 2012) scaled to `extent` pixels,
+    rasterised with bilinear weights and normalised to sum 1. Returns (k, k) float32, k odd.
+    Default: extent U(3, 15), jitter 0.25. wide=True (training): extent U(2, 25),
+    jitter U(0.1, 0.6) (from nearly straight to tangled paths).
+    """
+    if extent is None:
+        extent = rng.uniform(2, 25) if wide else rng.uniform(3, 15)
+    jitter = rng.uniform(0.1, 0.6) if wide else 0.25
+    v = _unit(rng.uniform(0, 2 * np.pi, 1))[0] + np.cumsum(rng.normal(0, jitter, (steps, 2)), 0)
     p = np.cumsum(v, 0)
     p = p - (p.max(0) + p.min(0)) / 2
     p = p * (extent / 2) / max(np.abs(p).max(), 1e-9)
@@ -227,9 +450,10 @@ def motion_kernel(rng, extent=None, steps=64):
     return (k / k.sum()).astype(np.float32)
 
 
-def motion_blur(img, rng, kernel=None):
-    """Convolve with a random camera-shake kernel (GoPro-like blur), reflect padding."""
-    k = torch.from_numpy(motion_kernel(rng) if kernel is None else kernel)
+def motion_blur(img, rng, kernel=None, wide=False):
+    """Convolve with a camera-shake kernel (GoPro-like blur), reflect padding; the kernel is
+    `kernel` or motion_kernel(rng, wide=wide)."""
+    k = torch.from_numpy(motion_kernel(rng, wide=wide) if kernel is None else kernel)
     p = k.shape[0] // 2
     mode = "reflect" if min(img.shape[1:]) > p else "replicate"
     x = F.pad(img[None], (p, p, p, p), mode=mode)[0]
@@ -238,6 +462,27 @@ def motion_blur(img, rng, kernel=None):
     full = torch.roll(full, (-p, -p), (0, 1))
     out = _fft_conv(x, full)[:, p:p + img.shape[1], p:p + img.shape[2]]
     return out.clamp(0, 1)
+
+
+def defocus_kernel(rng):
+    """Unseen blur kernel (for the unseen validation set; training never uses it): a
+    defocus disk of radius U(1.5, 4) px smeared along a straight line of length U(0, 8) px at
+    any angle (object or linear camera motion), anti-aliased by 4 x 4 supersampling,
+    normalised to sum 1. Training kernels are thin random-walk paths (motion_kernel).
+    Returns (k, k) float32, k odd."""
+    r, length, angle = rng.uniform(1.5, 4), rng.uniform(0, 8), rng.uniform(0, np.pi)
+    half = int(np.ceil(r + length / 2)) + 1
+    g = np.arange(-half, half + 1)[:, None] + (np.arange(4) + 0.5)[None, :] / 4 - 0.5
+    t = np.linspace(-length / 2, length / 2, int(np.ceil(2 * length)) + 2)
+    yy = g[:, None, :, None, None] - t * np.cos(angle)
+    xx = g[None, :, None, :, None] - t * np.sin(angle)
+    k = (yy ** 2 + xx ** 2 <= r ** 2).mean((2, 3, 4))
+    return (k / k.sum()).astype(np.float32)
+
+
+def defocus_blur(img, rng):
+    """Unseen blur: motion_blur with a defocus_kernel."""
+    return motion_blur(img, rng, kernel=defocus_kernel(rng))
 
 
 def gaussian_noise(img, rng, sigma=NOISE_SIGMA):
@@ -332,11 +577,28 @@ def inpaint_mask(img, rng, kind="thin", coverage=None):
     return torch.where(mask, torch.ones(()), img)
 
 
-def haze(img, rng):
+def blob_mask(h, w, rng, coverage=None):
+    """Unseen inpainting mask (for the unseen validation set; training uses brush strokes
+    and boxes, make_mask): irregular blobs, a smooth random field with 3-8 control points
+    per side thresholded at its (1 - coverage) quantile, coverage U(0.15, 0.4) by default.
+    Returns (H, W) bool, True = missing."""
+    f = _smooth_field(h, w, rng, int(rng.integers(3, 9)), 0, 1)
+    coverage = rng.uniform(0.15, 0.4) if coverage is None else float(coverage)
+    return torch.from_numpy(f > np.quantile(f, 1 - coverage))
+
+
+def inpaint_blobs(img, rng):
+    """Masked image with blob_mask holes filled with 1.0 (the inpainting input convention)."""
+    return torch.where(blob_mask(img.shape[1], img.shape[2], rng), torch.ones(()), img)
+
+
+def haze(img, rng, wide=False):
     """Atmospheric scattering I = J t + A (1 - t), t = exp(-beta d) (RESIDE's model).
 
     d: synthetic smooth depth in [0.2, 1] (a ramp in a random direction plus low-frequency
-    noise); beta ~ U(0.6, 1.8) as in RESIDE; airlight A ~ U(0.8, 1.0), slightly tinted.
+    noise). Default: beta ~ U(0.6, 1.8) as in RESIDE, airlight A ~ U(0.8, 1.0) with a tint
+    of std 0.02 per channel. wide=True (training): beta ~ U(0.4, 2.5), A ~ U(0.6, 1.0),
+    tint std 0.05.
     """
     _, h, w = img.shape
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
@@ -344,8 +606,30 @@ def haze(img, rng):
     ramp = yy * g[0] + xx * g[1]
     ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-12)
     depth = 0.2 + 0.8 * (0.6 * ramp + 0.4 * _smooth_field(h, w, rng, 4, 0, 1))
-    t = torch.from_numpy(np.exp(-rng.uniform(0.6, 1.8) * depth)).float()
-    airlight = torch.from_numpy(rng.uniform(0.8, 1.0) + rng.normal(0, 0.02, (3, 1, 1))).float()
+    beta, a_lo, tint = ((0.4, 2.5), 0.6, 0.05) if wide else ((0.6, 1.8), 0.8, 0.02)
+    t = torch.from_numpy(np.exp(-rng.uniform(*beta) * depth)).float()
+    airlight = torch.from_numpy(rng.uniform(a_lo, 1.0) + rng.normal(0, tint, (3, 1, 1))).float()
+    return (img * t + airlight * (1 - t)).clamp(0, 1)
+
+
+def fog(img, rng):
+    """Unseen haze (for the unseen validation set; training uses `haze`): patchy,
+    non-homogeneous fog over the depth of a ground plane.
+
+    Depth: horizon at U(0.1, 0.6) x H from the top; d = 1 above it (sky), below it
+    d = c / (c + (y - horizon) / H) with c ~ U(0.1, 0.4) (near the bottom is near).
+    Density: beta = b0 x a smooth field in [0.3, 1.7] with 3-6 control points per side,
+    b0 ~ U(0.8, 2.0); t = exp(-beta d). Airlight brighter towards the top, A = A0 +
+    0.08 (1 - y / H), A0 ~ U(0.7, 0.9), tinted bluish (red -0.02, blue +0.03).
+    """
+    _, h, w = img.shape
+    y = np.arange(h)[:, None] / h
+    horizon, c = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.4)
+    depth = np.where(y <= horizon, 1.0, c / (c + np.maximum(y - horizon, 0)))
+    beta = rng.uniform(0.8, 2.0) * _smooth_field(h, w, rng, int(rng.integers(3, 7)), 0.3, 1.7)
+    t = torch.from_numpy(np.exp(-beta * depth)).float()
+    a = rng.uniform(0.7, 0.9) + 0.08 * (1 - y) + np.array([-0.02, 0, 0.03])[:, None, None]
+    airlight = torch.from_numpy(a).float()
     return (img * t + airlight * (1 - t)).clamp(0, 1)
 
 

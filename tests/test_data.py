@@ -416,13 +416,34 @@ def test_each_degradation_degrades(seed, task):
 def test_degrade_unknown_task():
     with pytest.raises(DataError, match="unknown task 'colorize'"):
         data.degrade("colorize", grey(), np.random.default_rng(0))
+    with pytest.raises(DataError, match="unknown split 'test'"):
+        data.degrade("derain", grey(), np.random.default_rng(0), "test")
+
+
+@FEW
+@given(SEEDS, st.sampled_from(data.TASKS), st.sampled_from(["train", "unseen"]))
+def test_train_and_unseen_degradations_degrade(seed, task, split):
+    clean = synthetic.dead_leaves(96, np.random.default_rng(seed))
+    lq = data.degrade(task, clean, np.random.default_rng([seed, 1]), split)
+    assert lq.shape == clean.shape and lq.dtype == torch.float32
+    assert not torch.equal(lq, clean) and psnr(lq, clean) < 35
+    if task != "denoise":
+        assert 0 <= lq.min() and lq.max() <= 1
+
+
+def test_val_degradations_unchanged_by_the_split_argument():
+    """degrade's default is the val setting: the fixed validation set keeps its numbers."""
+    clean = photo_clean(4, 64)
+    for task in data.TASKS:
+        a = data.degrade(task, clean, np.random.default_rng(3))
+        assert torch.equal(a, data.degrade(task, clean, np.random.default_rng(3), "val"))
 
 
 # ----------------------------------------------------------------------------- synthetic datasets
 
 @pytest.mark.parametrize("task", data.TASKS)
 def test_synthetic_pairs_shapes_and_ranges(task):
-    for split in ("train", "val"):
+    for split in data.SPLITS:
         ds = data.SyntheticPairs(task, 4, 64, split=split)
         for lq, gt in (ds[0], ds[1]):
             assert lq.shape == gt.shape == (3, 64, 64)
@@ -479,6 +500,94 @@ def test_validation_set_pinned():
     assert [int((ds[i][1] * 255).round().sum()) for i in (0, 2)] == [375234, 416316]
 
 
+UNSEEN_ONLY = ("rain_drops", "defocus_blur", "defocus_kernel", "inpaint_blobs", "blob_mask", "fog")
+
+
+def _forbid(monkeypatch, names):
+    for name in names:
+        def refuse(*args, _name=name, **kwargs):
+            raise AssertionError(f"synthetic.{_name} called")
+        monkeypatch.setattr(synthetic, name, refuse)
+
+
+@pytest.mark.parametrize("task", data.TASKS)
+def test_unseen_generators_never_used_for_training_or_val(monkeypatch, task):
+    _forbid(monkeypatch, UNSEEN_ONLY)
+    train = data.SyntheticPairs(task, 150, 24, seed=1)
+    for epoch in (0, 1):
+        train.set_epoch(epoch)
+        for i in range(len(train)):
+            train[i]
+    val = data.SyntheticPairs(task, 8, 24, split="val")
+    for i in range(len(val)):
+        val[i]
+
+
+@pytest.mark.parametrize("task", ["derain", "deblur", "inpaint", "dehaze"])
+def test_unseen_set_uses_its_own_degradation(monkeypatch, task):
+    _forbid(monkeypatch, ["rain", "rain_streaks", "motion_kernel", "make_mask", "haze",
+                          "dead_leaves", "procedural"])
+    ds = data.SyntheticPairs(task, 6, 32, split="unseen")
+    for i in range(len(ds)):
+        ds[i]
+
+
+def test_training_draws_every_clean_source_and_both_rain_models(monkeypatch):
+    calls = {}
+    for name in ("dead_leaves", "procedural", "rain", "rain_streaks"):
+        real = getattr(synthetic, name)
+        def record(*args, _name=name, _real=real, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(synthetic, name, record)
+    real_crop = data._photo_crop
+    monkeypatch.setattr(data, "_photo_crop", lambda *a: calls.update(photo=calls.get("photo", 0) + 1) or real_crop(*a))
+    ds = data.SyntheticPairs("derain", 100, 32, seed=2)
+    for i in range(len(ds)):
+        ds[i]
+    assert all(15 <= calls[k] <= 50 for k in ("dead_leaves", "procedural", "photo"))
+    assert 10 <= calls["rain"] <= 45 and calls["rain_streaks"] >= 55
+
+
+def test_unseen_set_fixed_held_out_and_disjoint(monkeypatch):
+    u1 = data.SyntheticPairs("derain", 6, 64, seed=0, split="unseen")
+    u2 = data.SyntheticPairs("derain", 6, 64, seed=99, split="unseen")
+    u2.set_epoch(3)
+    for i in range(6):
+        assert torch.equal(u1[i][0], u2[i][0]) and torch.equal(u1[i][1], u2[i][1])
+    assert torch.equal(data.SyntheticPairs("sr", 6, 64, split="unseen")[2][1], u1[2][1])
+    assert not set(data.UNSEEN_PHOTOS) & set(data.TRAIN_PHOTOS)
+    assert set(data.UNSEEN_PHOTOS) - set(data.VAL_PHOTOS)  # at least one photo beyond val's
+    val = data.SyntheticPairs("derain", 6, 64, split="val")
+    assert not any(torch.equal(u1[i][1], val[j][1]) for i in range(6) for j in range(6))
+    used = set()
+    real = data._photo_crop
+    monkeypatch.setattr(data, "_photo_crop", lambda name, *a: used.add(name) or real(name, *a))
+    for i in range(6):
+        data.SyntheticPairs("dehaze", 6, 32, split="unseen")[i]
+    assert used == set(data.UNSEEN_PHOTOS)
+    monkeypatch.setattr(data, "_photo_crop", real)
+    train_gts = [data.SyntheticPairs("sr", 40, 64, seed=s)[i][1] for s in (0, 1) for i in range(20)]
+    assert not any(torch.equal(u1[i][1], g) for i in range(6) for g in train_gts)
+
+
+def test_unseen_set_pinned():
+    """Pins the unseen set's clean images (Pillow's fixed-point resampling: exact on every
+    machine); a change here changes everyone's unseen numbers and must be deliberate."""
+    ds = data.SyntheticPairs("derain", 4, 32, split="unseen")
+    assert [int((ds[i][1] * 255).round().sum()) for i in (0, 1)] == [148257, 393063]
+
+
+@pytest.mark.parametrize("task", data.TASKS)
+def test_pairs_of_every_task_fast(task):
+    ds = data.SyntheticPairs(task, 100, 64)
+    ds[0]
+    t = time.process_time()
+    for i in range(30):
+        ds[i]
+    assert (time.process_time() - t) / 30 < 0.02  # 1-5 ms measured; loose for slow CI
+
+
 def test_synthetic_pairs_fast():
     ds = data.SyntheticPairs("derain", 100, 128)
     ds[0]
@@ -523,3 +632,8 @@ def test_make_dataset(tmp_path):
         data.make_dataset("derain", root=tmp_path)  # scale 1 for non-SR tasks
     with pytest.raises(DataError, match="split"):
         data.make_dataset("derain", split="training")
+    unseen = data.make_dataset("derain", crop=32, split="unseen")
+    assert isinstance(unseen, data.SyntheticPairs) and unseen.split == "unseen"
+    assert len(unseen) == data.DEFAULT_VAL_LEN
+    with pytest.raises(DataError, match="'unseen' split exists only for the built-in"):
+        data.make_dataset("sr", root=tmp_path, split="unseen")

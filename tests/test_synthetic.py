@@ -186,3 +186,131 @@ def test_noise_std_is_sigma_and_unclamped(seed):
     n = noisy - clean
     assert abs(n.std().item() - 25 / 255) < 0.03 * 25 / 255 and abs(n.mean().item()) < 0.002
     assert noisy.min() < 0  # unclamped
+
+
+# ----------------------------------------------------------------------------- procedural clean images
+
+PROCEDURAL = [synthetic.piecewise_smooth, synthetic.gratings, synthetic.polygons,
+              synthetic.texture_mix, synthetic.procedural]
+
+
+@pytest.mark.parametrize("fn", PROCEDURAL)
+def test_procedural_shape_range_determinism(fn):
+    a, b = fn(64, np.random.default_rng(1)), fn(64, np.random.default_rng(1))
+    assert a.shape == (3, 64, 64) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert 0 <= a.min() and a.max() <= 1
+    assert fn((48, 80), np.random.default_rng(2)).shape == (3, 48, 80)
+    assert not torch.equal(a, fn(64, np.random.default_rng(2)))
+
+
+@FEW
+@given(SEEDS, st.sampled_from(PROCEDURAL))
+def test_procedural_not_flat(seed, fn):
+    img = fn(64, np.random.default_rng(seed))
+    assert img.std() > 0.03 and len(torch.unique(data.quantize(img)[0])) > 15
+
+
+def test_procedural_fast():
+    t = time.process_time()
+    for s in range(40):
+        synthetic.procedural(128, np.random.default_rng(s))
+    assert (time.process_time() - t) / 40 < 0.05  # ~2-6 ms measured; loose for slow CI
+
+
+# ----------------------------------------------------------------------------- training and unseen degradations
+
+NEW_DEGRADATIONS = {
+    "rain_streaks": synthetic.rain_streaks, "rain_drops": synthetic.rain_drops,
+    "motion_blur_wide": lambda x, r: synthetic.motion_blur(x, r, wide=True),
+    "defocus_blur": synthetic.defocus_blur, "inpaint_blobs": synthetic.inpaint_blobs,
+    "haze_wide": lambda x, r: synthetic.haze(x, r, wide=True), "fog": synthetic.fog}
+
+
+@pytest.mark.parametrize("name", NEW_DEGRADATIONS)
+def test_new_degradations_shape_dtype_range_determinism(name):
+    fn = NEW_DEGRADATIONS[name]
+    clean = photo_clean(0)
+    a, b = fn(clean, np.random.default_rng(5)), fn(clean, np.random.default_rng(5))
+    assert a.shape == clean.shape and a.dtype == torch.float32
+    assert 0 <= a.min() and a.max() <= 1 and torch.equal(a, b)
+    assert not torch.equal(a, fn(clean, np.random.default_rng(6)))
+    assert fn(torch.rand(3, 40, 72), np.random.default_rng(0)).shape == (3, 40, 72)
+
+
+@FEW
+@given(SEEDS, st.sampled_from(sorted(NEW_DEGRADATIONS)))
+def test_new_degradations_degrade(seed, name):
+    clean = synthetic.dead_leaves(96, np.random.default_rng(seed))
+    lq = NEW_DEGRADATIONS[name](clean, np.random.default_rng([seed, 1]))
+    assert not torch.equal(lq, clean) and psnr(lq, clean) < 35
+
+
+def _record_streaks(monkeypatch):
+    """Record (density, length, FWHM width) of every layer rain_streaks draws."""
+    layers, real = [], synthetic._streaks
+    def record(h, w, rng, angle, density, length, width):
+        layers.append((density, min(length, min(h, w) - 2), width * 2.355))
+        return real(h, w, rng, angle, density, length, width)
+    monkeypatch.setattr(synthetic, "_streaks", record)
+    return layers
+
+
+def test_rain_streaks_ranges_are_wide(monkeypatch):
+    layers = _record_streaks(monkeypatch)
+    counts = []
+    for s in range(60):
+        n = len(layers)
+        synthetic.rain_streaks(grey(96, 96), np.random.default_rng(s))
+        counts.append(len(layers) - n)
+    density, length, width = np.array(layers).T
+    assert set(counts) == {1, 2, 3, 4}
+    assert density.max() / density.min() > 10  # at least a decade
+    assert width.min() < 1.5 and width.max() > 4 and 1 <= width.min() and width.max() <= 5
+    assert length.min() < 15 and length.max() > 50
+
+
+def test_rain_models_differ():
+    """The streak model brightens (screen blend: a white image stays white without a veil);
+    the drop model covers the scene with its colour and fog, so it darkens white."""
+    white = torch.ones(3, 64, 64)
+    assert all(synthetic.rain_drops(white, np.random.default_rng(s)).mean() < 0.99 for s in range(5))
+    streaked = [synthetic.rain_streaks(white, np.random.default_rng(s)) for s in range(20)]
+    assert any(torch.equal(x, white) for x in streaked)  # those without a veil
+
+
+def test_wide_motion_kernels_span_a_wider_range():
+    def spread(k):  # rms distance of the kernel's mass from its centroid
+        yy, xx = np.mgrid[0:k.shape[0], 0:k.shape[1]]
+        cy, cx = (k * yy).sum(), (k * xx).sum()
+        return np.sqrt((k * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum())
+    spreads = lambda wide: [spread(synthetic.motion_kernel(np.random.default_rng(s), wide=wide))
+                            for s in range(200)]
+    narrow, wide = spreads(False), spreads(True)
+    assert min(wide) < 0.8 * min(narrow) and max(wide) > 1.4 * max(narrow)
+
+
+def test_defocus_kernel_normalised_and_disk_like():
+    for s in range(10):
+        k = synthetic.defocus_kernel(np.random.default_rng(s))
+        assert k.shape[0] % 2 == 1 and k.shape[0] == k.shape[1] and k.min() >= 0
+        assert abs(k.sum() - 1) < 1e-5
+        # a disk of radius >= 1.5: the centre pixel holds well under half the weight
+        assert k.max() < 0.2
+
+
+@pytest.mark.parametrize("coverage", [0.15, 0.3, 0.4])
+def test_blob_mask_coverage(coverage):
+    mask = synthetic.blob_mask(96, 96, np.random.default_rng(0), coverage)
+    assert mask.dtype == torch.bool and abs(mask.float().mean().item() - coverage) < 0.02
+    default = [synthetic.blob_mask(64, 64, np.random.default_rng(s)).float().mean().item() for s in range(10)]
+    assert 0.14 <= min(default) and max(default) <= 0.41
+
+
+@FEW
+@given(SEEDS)
+def test_fog_raises_mean_and_lowers_local_contrast(seed):
+    rng = np.random.default_rng(seed)
+    clean = synthetic.dead_leaves(96, rng) * 0.6
+    foggy = synthetic.fog(clean, rng)
+    local = lambda img: (img[:, :, 1:] - img[:, :, :-1]).abs().mean()  # patchy fog adds
+    assert foggy.mean() > clean.mean() and local(foggy) < local(clean)  # only smooth structure
