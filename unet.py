@@ -1,72 +1,63 @@
 """Conditional U-Net eps_phi(x, mu, t) of IR-SDE (PAPER.md section 8).
 
-Layout of the reference code's ConditionalUNet, generalised to any number of levels:
+The `paper` preset is the authors' ConditionalUNet(in_nc=3, out_nc=3, nf=64, depth=4) layer for
+layer (github Algolzw/image-restoration-sde, codes/config/deraining/models/modules/
+DenoisingUNet_arch.py and module_util.py; with cond=False, the denoising-sde variant of that file).
+Our weight names are readable ones; `from_reference_state_dict` loads the authors' released
+weights and `reference_name` maps a name of ours to theirs. Layout, with c_i = width * mults[i]
+and depth = len(mults) - 1 levels:
 
-    input  cat(x - mu, mu)  (cond=True)   or   x  (cond=False: denoising model, CNN baseline)
-    stem   7x7 conv -> c_0
-    down   level i: `blocks` ResBlocks at c_i, optional attention, 4x4 stride-2 conv to c_{i+1}
-           (the deepest level uses a 3x3 conv to the bottleneck width instead, so there are
-           levels-1 downsamplings); every block output is kept as a skip connection
-    mid    ResBlock, attention (linear or full softmax), ResBlock at the bottleneck width
-    up     mirror of down: each block sees cat(x, skip); nearest-neighbour x2 + 3x3 conv
-    out    cat(x, stem features) -> ResBlock -> 3x3 conv -> out_ch, zero-initialised
-with c_i = width * mults[i] and bottleneck width * mid_mult (the reference doubles it: 1024).
+    input  cat(x - mu, mu)  (cond=True)   or   x  (cond=False: the denoising SDE, CNN baseline),
+           reflect-padded to a multiple of 2^depth and cropped back at the end
+    time   sinusoidal embedding of t (width dims) -> Linear, GELU, Linear (4 * width dims)
+    init   7x7 conv -> c_0
+    down   level i: `blocks` ResBlocks at c_i, attention (optional), then a 4x4 stride-2 conv to
+           c_{i+1} (the deepest level: a 3x3 conv at the same resolution); every block output
+           is a skip connection, the last one taken after the attention
+    mid    ResBlock, attention, ResBlock at c_depth
+    up     level i: `blocks` ResBlocks at c_{i+1}, each on cat(x, skip), attention (optional),
+           then nearest-neighbour x2 + 3x3 conv to c_i (the top level: a 3x3 conv)
+    final  cat(x, init conv output) -> ResBlock -> 3x3 conv -> out_ch
 
-Every ResBlock is modulated by scale/shift from an MLP of the sinusoidal embedding of the step
-index t. Deliberate differences to the reference: pre-activation GroupNorm blocks (the reference
-has no normalisation in its blocks), GroupNorm before attention instead of a channel LayerNorm,
-biases in all convolutions, linear-attention head size min(32, channels/4) so that narrow presets
-stay small, the bottleneck attention type is selectable, and the input is padded to a multiple of
-2^(levels-1), the true downsampling factor (the reference pads to 2^levels).
+ResBlock: SiLU(conv3x3(x) * (1 + scale) + shift) -> SiLU(conv3x3), plus x (a 1x1 conv if the
+width changes), scale/shift from Linear(SiLU(time embedding)); no normalisation. Attention:
+x + out(attend(LayerNorm over channels(x))), 4 heads of 32 channels; linear attention, except
+the denoising SDE's softmax attention in the bottleneck. As in the authors' code, only the
+down/upsampling convs, the attention output convs and the final conv have a bias.
+
+Presets (parameters with cond=True; tests/test_unet.py checks them):
+    paper  width 64, mults 1-2-4-8-16, 2 blocks, attention everywhere    137,147,523
+    small  width 32, mults 1-2-2-4-4,  2 blocks, attention at levels 2-3   5,114,531
+    tiny   width 32, mults 1-2-2-2-2,  1 block,  attention in bottleneck   1,430,627
+
+One deliberate difference, in every preset: the final conv is zero-initialised (zero_out=True),
+so an untrained network outputs 0, the mean of the noise it predicts, and the CNN baseline's
+residual mu + net(mu) starts as the identity. It changes neither the architecture nor the weight
+names. Images smaller than the padding (e.g. 5 x 7 with depth 4) are replicate-padded: reflect
+padding needs pad < size.
 """
 import math
+import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-BOTTLENECK_ATTN = ("linear", "full", "none")
+MID_ATTN = ("auto", "linear", "softmax", "none")
 
-# Parameter counts (tests/test_unet.py::test_preset_parameter_counts checks them):
-#   paper 137,187,395 (the reference reports 137 M)   small 5,110,147   tiny 1,419,011
 PRESETS = {
-    # reference widths 64-128-256-512, 1024-wide bottleneck, 2 blocks, attention everywhere
-    "paper": dict(width=64, mults=(1, 2, 4, 8), blocks=2, attn=(True, True, True, True),
-                  mid_mult=16, bottleneck_attn="full"),
-    # CPU runs: ~0.18 s per forward+backward at batch 4, 64 x 64 on 2 threads
-    "tiny": dict(width=32, mults=(1, 2, 2, 2), blocks=1, attn=(False, False, False, False),
-                 mid_mult=2, bottleneck_attn="linear"),
-    # in between: two blocks per level, linear attention at the two coarsest levels
-    "small": dict(width=32, mults=(1, 2, 2, 4), blocks=2, attn=(False, False, True, True),
-                  mid_mult=4, bottleneck_attn="linear"),
+    # the authors' network; "auto": softmax bottleneck attention with cond=False (denoising SDE)
+    "paper": dict(width=64, mults=(1, 2, 4, 8, 16), blocks=2, attn=True, mid_attn="auto"),
+    # between the two: two blocks per level, attention at the two coarsest levels
+    "small": dict(width=32, mults=(1, 2, 2, 4, 4), blocks=2, attn=(False, False, True, True),
+                  mid_attn="linear"),
+    # CPU runs: batch 8 of 64 x 64 crops
+    "tiny": dict(width=32, mults=(1, 2, 2, 2, 2), blocks=1, attn=False, mid_attn="linear"),
 }
 
 
-def _norm(ch):
-    """GroupNorm with up to 32 groups of at least 2 channels (ch >= 2 since width >= 2).
-
-    Two channels per group keep the statistics defined even when the bottleneck of a small padded
-    input is 1 x 1 (one value per group is an error in training mode).
-    """
-    return nn.GroupNorm(math.gcd(32, ch // 2), ch, eps=1e-6)
-
-
-def timestep_embedding(t, dim):
-    """Sinusoidal embedding (B,) -> (B, 2 * (dim // 2)) of the step index, computed in float32."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32)
-                      * (-math.log(10000.0) / half))
-    args = t.float()[:, None] * freqs[None]
-    return torch.cat([args.sin(), args.cos()], dim=1)
-
-
 def pad_to_multiple(x, m):
-    """Pad bottom/right so H and W are multiples of m.
-
-    Reflect padding continues the image without an artificial edge; it requires pad < size, so
-    images too small for it (e.g. 5 x 7 with m = 8 needs pad 3 < 5 and is fine, 2 x 2 is not) are
-    replicate-padded instead.
-    """
+    """Pad bottom/right so H and W are multiples of m: reflect, or replicate where pad >= size."""
     h, w = x.shape[-2:]
     ph, pw = -h % m, -w % m
     if ph == 0 and pw == 0:
@@ -75,196 +66,190 @@ def pad_to_multiple(x, m):
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
-class ResBlock(nn.Module):
-    """h = conv(SiLU(GN(x))); out = skip(x) + conv(SiLU(GN(h) * (1 + scale) + shift)).
+class SinusoidalEmbedding(nn.Module):
+    """t (B,) -> (B, dim): sin and cos of t at dim/2 frequencies from 1 down to 1/10000."""
 
-    scale and shift come from a linear map of SiLU(time embedding): the step index t tells the
-    block how much noise is left in x (PAPER.md section 8, "modulated by scale/shift").
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t):
+        half = self.dim // 2
+        # the authors divide by half - 1, so the lowest frequency is exactly 1/10000
+        freqs = torch.exp(torch.arange(half, device=t.device) * (-math.log(10000) / (half - 1)))
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([args.sin(), args.cos()], dim=1)
+
+
+class ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel, with a gain and no bias.
+
+    Statistics in float32 (bf16 autocast); the eps follows the authors: 1e-5 for float32 inputs,
+    1e-3 for half precision.
+    """
+
+    def __init__(self, dim):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(1, dim, 1, 1))
+
+    def forward(self, x):
+        eps = 1e-5 if x.dtype == torch.float32 else 1e-3
+        var, mean = torch.var_mean(x.float(), dim=1, unbiased=False, keepdim=True)
+        return ((x - mean) * (var + eps).rsqrt() * self.g).to(x.dtype)
+
+
+class ResBlock(nn.Module):
+    """SiLU(conv2(SiLU(conv1(x) * (1 + scale) + shift))) + skip(x); scale/shift from t's embedding.
+
+    The step index t tells the block how much noise is left in x (PAPER.md section 8).
     """
 
     def __init__(self, c_in, c_out, t_dim):
         super().__init__()
-        self.norm1 = _norm(c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
         self.time = nn.Linear(t_dim, 2 * c_out)
-        self.norm2 = _norm(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
 
     def forward(self, x, emb):
-        h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.time(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
-        h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
+        h = F.silu(self.conv1(x) * (1 + scale) + shift)
+        return F.silu(self.conv2(h)) + self.skip(x)
 
 
 class Attention(nn.Module):
-    """Residual multi-head self-attention over pixels: x + W_out attn(GN(x)).
+    """x + out(attend(norm(x))): self-attention over the pixels, 4 heads of 32 channels.
 
-    linear=True is the reference's linear attention: q is softmax-normalised over its channels
-    and k over the pixels, so the context k v^T is (d x d) and the cost is linear in the number of
-    pixels (usable at full resolution). linear=False is full softmax attention, quadratic in the
-    number of pixels; the reference uses it in the bottleneck only.
+    linear=True: q is softmax-normalised over its channels and k over the pixels, so the context
+    k v^T is (32 x 32) per head and the cost is linear in the number of pixels; out is a 1x1 conv
+    followed by a ChannelNorm. linear=False: softmax(q^T k / sqrt(32)) attention, quadratic in
+    the number of pixels (the denoising SDE's bottleneck); out is a 1x1 conv.
     """
 
-    def __init__(self, ch, linear=True, heads=4):
+    def __init__(self, dim, linear=True, heads=4, dim_head=32):
         super().__init__()
-        self.linear, self.heads = linear, heads
-        self.dim_head = min(32, max(1, ch // heads))
-        hidden = heads * self.dim_head
-        self.norm = _norm(ch)
-        self.qkv = nn.Conv2d(ch, 3 * hidden, 1, bias=False)
-        self.out = nn.Conv2d(hidden, ch, 1)
+        self.linear, self.heads, self.dim_head = linear, heads, dim_head
+        self.norm = ChannelNorm(dim)
+        self.qkv = nn.Conv2d(dim, 3 * heads * dim_head, 1, bias=False)
+        out = nn.Conv2d(heads * dim_head, dim, 1)
+        self.out = nn.Sequential(out, ChannelNorm(dim)) if linear else out
 
     def forward(self, x):
         b, _, h, w = x.shape
         qkv = self.qkv(self.norm(x)).chunk(3, dim=1)
         # reshape (not view): the chunks are strided, and x may be channels_last
         q, k, v = (z.reshape(b, self.heads, self.dim_head, h * w) for z in qkv)
-        out = self._linear(q, k, v) if self.linear else self._full(q, k, v)
-        return x + self.out(out.reshape(b, -1, h, w).to(x.dtype))
-
-    def _linear(self, q, k, v):
-        """(b, heads, d, n) -> (b, heads, d, n); softmaxes in float32 for bf16 autocast."""
-        q = q.float().softmax(dim=-2) * self.dim_head ** -0.5
-        k = k.float().softmax(dim=-1)
-        v = v.float() / v.shape[-1]
-        context = k @ v.transpose(-1, -2)
-        return context.transpose(-1, -2) @ q
-
-    def _full(self, q, k, v):
-        """(b, heads, d, n) -> (b, heads, d, n) by softmax(q^T k / sqrt(d)) over pixels."""
-        q, k, v = (z.transpose(-1, -2) for z in (q, k, v))
-        return F.scaled_dot_product_attention(q, k, v).transpose(-1, -2)
-
-
-def _attention(ch, kind):
-    """Attention module for a bool (linear attention or none) or a BOTTLENECK_ATTN name."""
-    if kind is True or kind == "linear":
-        return Attention(ch, linear=True)
-    return Attention(ch, linear=False) if kind == "full" else nn.Identity()
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2 followed by a 3x3 conv (no checkerboard artefacts)."""
-
-    def __init__(self, c_in, c_out):
-        super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+        if self.linear:  # softmaxes in float32 under bf16 autocast (a no-op for float32)
+            q = q.float().softmax(dim=-2) * self.dim_head ** -0.5
+            k = k.float().softmax(dim=-1)
+            context = k @ (v.float() / (h * w)).transpose(-1, -2)  # (d, d) per head
+            z = context.transpose(-1, -2) @ q
+        else:
+            z = F.scaled_dot_product_attention(*(z.transpose(-1, -2) for z in (q, k, v)))
+            z = z.transpose(-1, -2)
+        return x + self.out(z.reshape(b, -1, h, w).to(x.dtype))
 
 
 class DownLevel(nn.Module):
-    """`blocks` ResBlocks at c channels (optional attention after the last), then move to c_next."""
+    """ResBlocks at c channels, attention, then `down` to c_next (stride 2 unless deepest)."""
 
     def __init__(self, c, c_next, blocks, attn, t_dim, deepest):
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock(c, c, t_dim) for _ in range(blocks))
-        self.attn = _attention(c, attn)
+        self.attn = Attention(c) if attn else nn.Identity()
         if deepest:
-            self.move = nn.Conv2d(c, c_next, 3, padding=1)
+            self.down = nn.Conv2d(c, c_next, 3, padding=1, bias=False)
         else:
-            self.move = nn.Conv2d(c, c_next, 4, stride=2, padding=1)
+            self.down = nn.Conv2d(c, c_next, 4, stride=2, padding=1)
 
     def forward(self, x, emb, skips):
-        for block in self.blocks:
+        for block in self.blocks[:-1]:
             x = block(x, emb)
             skips.append(x)
-        skips[-1] = x = self.attn(x)
-        return self.move(x)
+        x = self.attn(self.blocks[-1](x, emb))
+        skips.append(x)
+        return self.down(x)
 
 
 class UpLevel(nn.Module):
-    """Mirror of DownLevel: ResBlocks on cat(x, skip) at c channels, then move to c_skip."""
+    """Mirror of DownLevel: ResBlocks on cat(x, skip) at c channels, attention, `up` to c_skip."""
 
     def __init__(self, c_skip, c, blocks, attn, t_dim, top):
         super().__init__()
         self.blocks = nn.ModuleList(ResBlock(c + c_skip, c, t_dim) for _ in range(blocks))
-        self.attn = _attention(c, attn)
-        self.move = nn.Conv2d(c, c_skip, 3, padding=1) if top else Upsample(c, c_skip)
+        self.attn = Attention(c) if attn else nn.Identity()
+        if top:
+            self.up = nn.Conv2d(c, c_skip, 3, padding=1, bias=False)
+        else:  # nearest-neighbour x2 then a conv: no checkerboard artefacts
+            self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                                    nn.Conv2d(c, c_skip, 3, padding=1))
 
     def forward(self, x, emb, skips):
         for block in self.blocks:
             x = block(torch.cat([x, skips.pop()], dim=1), emb)
-        return self.move(self.attn(x))
-
-
-def _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_mult, bottleneck_attn):
-    """Raise ValueError naming the first invalid constructor argument."""
-    if not mults or min(mults) < 1:
-        raise ValueError(f"unet.py: mults must be a non-empty list of positive ints, got {mults}")
-    if min(in_ch, out_ch, blocks, mid_mult) < 1 or width < 2:
-        raise ValueError("unet.py: in_ch, out_ch, blocks, mid_mult must be >= 1 and width >= 2")
-    if len(attn) != len(mults):
-        raise ValueError(f"unet.py: attn needs one flag per level ({len(mults)}), got {attn}")
-    if bottleneck_attn not in BOTTLENECK_ATTN:
-        raise ValueError(f"unet.py: bottleneck_attn must be one of {BOTTLENECK_ATTN}, "
-                         f"got {bottleneck_attn!r}")
+        return self.up(self.attn(x))
 
 
 class UNet(nn.Module):
-    """Noise network eps_phi(x, mu, t) of IR-SDE; see the module docstring for the layout.
+    """Noise network eps_phi(x, mu, t) of IR-SDE; the module docstring describes the layout.
 
-    in_ch/out_ch: image channels; width: channels of the first level; mults: per-level channel
-    multipliers (levels = len(mults), the image is downsampled levels-1 times); blocks: ResBlocks
-    per level; attn: per-level linear attention flags (default none); cond: feed cat(x - mu, mu)
-    instead of x; mid_mult: bottleneck multiplier (default 2 * mults[-1] as in the reference);
-    bottleneck_attn: "linear", "full" or "none". `UNet(**net.config)` rebuilds the architecture.
+    in_ch/out_ch: image channels; width: channels of the first level; mults: channel multipliers
+    of the levels, the last one that of the bottleneck (depth = len(mults) - 1 levels, the image is
+    downsampled depth - 1 times); blocks: ResBlocks per level; attn: linear attention at every
+    level (a bool) or per level (one bool each); mid_attn: bottleneck attention, "linear",
+    "softmax", "none" or "auto" (the authors' choice: linear if cond else softmax); cond: input
+    cat(x - mu, mu) instead of x; zero_out: zero-initialise the final conv.
+    The defaults are the paper network. `UNet(**net.config)` rebuilds the architecture.
     """
 
-    def __init__(self, in_ch=3, out_ch=3, width=64, mults=(1, 2, 4, 8), blocks=2, attn=None,
-                 cond=True, mid_mult=None, bottleneck_attn="linear"):
+    def __init__(self, in_ch=3, out_ch=3, width=64, mults=(1, 2, 4, 8, 16), blocks=2, attn=True,
+                 mid_attn="auto", cond=True, zero_out=True):
         super().__init__()
         mults = [int(m) for m in mults]
-        attn = [False] * len(mults) if attn is None else [bool(a) for a in attn]
-        if mid_mult is None:
-            mid_mult = 2 * mults[-1] if mults else 0
-        _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_mult, bottleneck_attn)
+        depth = len(mults) - 1
+        attn = [bool(attn)] * depth if isinstance(attn, bool) else [bool(a) for a in attn]
+        if mid_attn == "auto":
+            mid_attn = "linear" if cond else "softmax"
+        _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_attn)
         self.config = dict(in_ch=in_ch, out_ch=out_ch, width=width, mults=mults, blocks=blocks,
-                           attn=attn, cond=bool(cond), mid_mult=mid_mult,
-                           bottleneck_attn=bottleneck_attn)
-        self.in_ch, self.cond, self.levels = in_ch, bool(cond), len(mults)
-        chans = [width * m for m in mults] + [width * mid_mult]
-        self.fourier_dim, t_dim = width, 4 * width
-        self.time_mlp = nn.Sequential(nn.Linear(2 * (width // 2), t_dim), nn.GELU(),
-                                      nn.Linear(t_dim, t_dim))
-        self.stem = nn.Conv2d(in_ch * (2 if cond else 1), chans[0], 7, padding=3)
+                           attn=attn, mid_attn=mid_attn, cond=bool(cond), zero_out=bool(zero_out))
+        self.in_ch, self.cond, self.depth = in_ch, bool(cond), depth
+        chans = [width * m for m in mults]
+        t_dim = 4 * width
+        self.time_mlp = nn.Sequential(SinusoidalEmbedding(width), nn.Linear(width, t_dim),
+                                      nn.GELU(), nn.Linear(t_dim, t_dim))
+        self.init_conv = nn.Conv2d(in_ch * (2 if cond else 1), chans[0], 7, padding=3, bias=False)
         self.downs = nn.ModuleList(
-            DownLevel(chans[i], chans[i + 1], blocks, attn[i], t_dim, deepest=i == self.levels - 1)
-            for i in range(self.levels))
-        self.mid1 = ResBlock(chans[-1], chans[-1], t_dim)
-        self.mid_attn = _attention(chans[-1], bottleneck_attn)
-        self.mid2 = ResBlock(chans[-1], chans[-1], t_dim)
+            DownLevel(chans[i], chans[i + 1], blocks, attn[i], t_dim, deepest=i == depth - 1)
+            for i in range(depth))
+        self.mid_block1 = ResBlock(chans[-1], chans[-1], t_dim)
+        self.mid_attn = (nn.Identity() if mid_attn == "none"
+                         else Attention(chans[-1], linear=mid_attn == "linear"))
+        self.mid_block2 = ResBlock(chans[-1], chans[-1], t_dim)
         self.ups = nn.ModuleList(
             UpLevel(chans[i], chans[i + 1], blocks, attn[i], t_dim, top=i == 0)
-            for i in reversed(range(self.levels)))
+            for i in reversed(range(depth)))
         self.final_block = ResBlock(2 * chans[0], chans[0], t_dim)
         self.final_conv = nn.Conv2d(chans[0], out_ch, 3, padding=1)
-        # Zero output at initialisation: the noise head starts at the mean of its target (eps has
-        # mean 0) and the CNN baseline's residual mu + net(mu) starts as the identity, so early
-        # training is stable. Gradients still reach the final conv (they depend on its input).
-        nn.init.zeros_(self.final_conv.weight)
-        nn.init.zeros_(self.final_conv.bias)
+        if zero_out:  # gradients still reach the final conv: they depend on its input
+            nn.init.zeros_(self.final_conv.weight)
+            nn.init.zeros_(self.final_conv.bias)
 
     def forward(self, x, mu=None, t=None):
         """x (B, in_ch, H, W), mu like x (ignored if cond=False), t (B,) step index or None (0).
 
         Returns the predicted noise (or residual), shape (B, out_ch, H, W), for any H x W.
         """
-        inp = self._network_input(x, mu)
-        emb = timestep_embedding(self._steps(t, x), self.fourier_dim)
-        emb = self.time_mlp(emb.to(self.time_mlp[0].weight.dtype))
         h, w = x.shape[-2:]
-        z = stem = self.stem(pad_to_multiple(inp, 2 ** (self.levels - 1)))
+        emb = self.time_mlp(self._steps(t, x))
+        z = init = self.init_conv(pad_to_multiple(self._network_input(x, mu), 2 ** self.depth))
         skips = []
         for level in self.downs:
             z = level(z, emb, skips)
-        z = self.mid2(self.mid_attn(self.mid1(z, emb)), emb)
+        z = self.mid_block2(self.mid_attn(self.mid_block1(z, emb)), emb)
         for level in self.ups:
             z = level(z, emb, skips)
-        z = self.final_block(torch.cat([z, stem], dim=1), emb)
+        z = self.final_block(torch.cat([z, init], dim=1), emb)
         return self.final_conv(z)[..., :h, :w]
 
     def _network_input(self, x, mu):
@@ -292,8 +277,93 @@ class UNet(nn.Module):
         return t
 
 
+def _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_attn):
+    """Raise ValueError naming the first invalid constructor argument."""
+    if len(mults) < 2 or min(mults) < 1:
+        raise ValueError("unet.py: mults needs positive ints for at least one level and the "
+                         f"bottleneck, got {mults}")
+    if min(in_ch, out_ch, blocks) < 1:
+        raise ValueError("unet.py: in_ch, out_ch and blocks must be >= 1")
+    if width < 4 or width % 2:  # the time embedding has width/2 >= 2 frequencies
+        raise ValueError(f"unet.py: width must be even and >= 4, got {width}")
+    if len(attn) != len(mults) - 1:
+        raise ValueError(f"unet.py: attn needs one flag per level ({len(mults) - 1}), got {attn}")
+    if mid_attn not in MID_ATTN:
+        raise ValueError(f"unet.py: mid_attn must be one of {MID_ATTN}, got {mid_attn!r}")
+
+
 def build_unet(preset="tiny", **overrides):
     """UNet from PRESETS[preset], with keyword overrides (e.g. cond=False, in_ch=1)."""
     if preset not in PRESETS:
         raise ValueError(f"unet.py: unknown preset {preset!r}, choose from {sorted(PRESETS)}")
     return UNet(**{**PRESETS[preset], **overrides})
+
+
+# Our weight names -> the authors': their ResBlock is mlp.1 (the Linear after SiLU), block1.proj,
+# block2.proj, res_conv; a level is a ModuleList [block, block, attention, down/up]; attention
+# is Residual(PreNorm(fn)), so its norm is fn.norm and the attention itself fn.fn.to_*.
+_TO_REFERENCE = [
+    (r"^final_block\.", "final_res_block."),
+    (r"\.time\.", ".mlp.1."), (r"\.conv1\.", ".block1.proj."), (r"\.conv2\.", ".block2.proj."),
+    (r"\.skip\.", ".res_conv."),
+    (r"attn\.norm\.", "attn.fn.norm."), (r"attn\.(qkv|out)\.", r"attn.fn.fn.to_\1."),
+    (r"^(downs|ups)\.(\d+)\.blocks\.([01])\.", r"\1.\2.\3."),
+    (r"^(downs|ups)\.(\d+)\.attn\.", r"\1.\2.2."),
+    (r"^(downs|ups)\.(\d+)\.(down|up)\.", r"\1.\2.3."),
+]
+
+
+def reference_name(name):
+    """The authors' name of one of our weights, for a network of their layout (2 blocks per level,
+    attention everywhere): e.g. downs.0.attn.qkv.weight -> downs.0.2.fn.fn.to_qkv.weight.
+
+    {reference_name(k): v for k, v in net.state_dict().items()} loads into their code.
+    """
+    for pattern, repl in _TO_REFERENCE:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def from_reference_state_dict(state_dict, variant="derain"):
+    """A UNet holding the weights of the authors' ConditionalUNet (e.g. a released .pth).
+
+    variant "derain": their conditional network (deraining, deblurring, SR, inpainting, ...);
+    "denoise": the denoising SDE's (input x only, softmax attention in the bottleneck). nf,
+    depth and the image channels are read from the weight shapes; names may carry a `module.`
+    prefix (DataParallel). A state_dict that does not fit raises a ValueError listing missing,
+    unexpected and mis-shaped names.
+    """
+    if variant not in ("derain", "denoise"):
+        raise ValueError(f"unet.py: variant must be 'derain' or 'denoise', got {variant!r}")
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and torch.is_tensor(v) for k, v in state_dict.items()):
+        what = f"a dict with keys {list(state_dict)[:3]}" if isinstance(state_dict, dict) else \
+            type(state_dict).__name__
+        raise TypeError("unet.py: expected the authors' state_dict (a dict of name -> tensor), "
+                        f"got {what}; pass the state_dict itself, not a checkpoint holding it")
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    cond = variant == "derain"
+    # infer the sizes; where a name is absent, fall back to the released nf = 64, depth = 4 and
+    # let the comparison below report what is wrong
+    init, final = state_dict.get("init_conv.weight"), state_dict.get("final_conv.weight")
+    nf, in_ch = init.shape[:2] if init is not None and init.ndim == 4 else (64, 3 * (1 + cond))
+    in_ch = max(1, in_ch // 2) if cond else in_ch  # the derain input is cat(x - mu, mu)
+    out_ch = final.shape[0] if final is not None and final.ndim == 4 else 3
+    levels = {int(m.group(1)) for m in map(re.compile(r"^downs\.(\d+)\.").match, state_dict) if m}
+    depth = max(levels) + 1 if levels else 4
+    net = UNet(in_ch, out_ch, nf, [2 ** i for i in range(depth + 1)], blocks=2, attn=True,
+               cond=cond, zero_out=False)
+    ours = {reference_name(k): (k, v.shape) for k, v in net.state_dict().items()}
+    missing = [k for k in ours if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in ours]
+    misshaped = [f"{k} {tuple(v.shape)} (expected {tuple(ours[k][1])})"
+                 for k, v in state_dict.items() if k in ours and v.shape != ours[k][1]]
+    if missing or unexpected or misshaped:
+        problems = [f"{what} ({len(names)}): {', '.join(names[:4])}{', ...' * (len(names) > 4)}"
+                    for what, names in [("missing", missing), ("unexpected", unexpected),
+                                        ("mis-shaped", misshaped)] if names]
+        raise ValueError(f"unet.py: not the authors' {variant} ConditionalUNet(in_nc={in_ch}, "
+                         f"out_nc={out_ch}, nf={nf}, depth={depth}): " + "; ".join(problems))
+    net.load_state_dict({ours[k][0]: v for k, v in state_dict.items()})
+    return net

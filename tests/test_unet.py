@@ -1,28 +1,85 @@
-"""Tests of unet.py: shapes for any H x W, conditioning on t and mu, gradient flow, rebuild."""
+"""Tests of unet.py: the authors' network and weight names, shapes for any H x W, conditioning on
+t and mu, gradient flow, rebuild from the config."""
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from unet import PRESETS, UNet, build_unet
+from unet import PRESETS, UNet, build_unet, from_reference_state_dict, reference_name
 
-# two levels with linear attention and full bottleneck attention, or three levels without
-NARROW = [dict(width=8, mults=(1, 2), blocks=1, attn=(True, False), bottleneck_attn="full"),
-          dict(width=8, mults=(1, 1, 2), blocks=2, mid_mult=2, bottleneck_attn="linear")]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# two levels with attention at the top and softmax attention in the bottleneck, or three levels
+# of two blocks without attention except linear attention in the bottleneck
+NARROW = [dict(width=8, mults=(1, 2, 2), blocks=1, attn=(True, False), mid_attn="softmax"),
+          dict(width=8, mults=(1, 1, 2, 2), blocks=2, attn=False, mid_attn="linear")]
 
 
 def make_net(cond=True, config=0, seed=0):
-    """Narrow UNet whose zero-initialised final conv is perturbed, so outputs are not all 0."""
+    """Narrow UNet with a randomly initialised final conv, so outputs are not all 0."""
     torch.manual_seed(seed)
-    net = UNet(cond=cond, **NARROW[config])
-    torch.nn.init.normal_(net.final_conv.weight, std=0.1)
-    return net
+    return UNet(cond=cond, zero_out=False, **NARROW[config])
 
 
 def inputs(h=16, w=16, b=2, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(b, 3, h, w, generator=g), torch.rand(b, 3, h, w, generator=g)
+
+
+def reference(variant):
+    """The fixture of the authors' network and the state_dict it ran with (fixtures/README.md)."""
+    ref = torch.load(FIXTURES / f"ref_{variant}_nf8.pt", weights_only=True)
+    g, state_dict = torch.Generator().manual_seed(ref["seed"]), {}
+    for name, shape in ref["keys"]:
+        w = torch.randn(shape, generator=g, dtype=torch.float32)
+        state_dict[name] = w / math.sqrt(w.numel() / shape[0]) if len(shape) >= 2 else 0.1 * w
+    return ref, state_dict
+
+
+@pytest.mark.parametrize("prefix", ["", "module."])
+@pytest.mark.parametrize("variant", ["derain", "denoise"])
+def test_reproduces_the_authors_network(variant, prefix):
+    ref, state_dict = reference(variant)
+    net = from_reference_state_dict({prefix + k: v for k, v in state_dict.items()}, variant)
+    assert net.config["cond"] == (variant == "derain") and net.config["width"] == 8
+    assert net.config["mid_attn"] == ("linear" if variant == "derain" else "softmax")
+    with torch.no_grad():
+        out = net(ref["x"], ref["mu"], ref["t"])
+    print(variant, "max abs error", (out - ref["out"]).abs().max().item())  # ~1.6e-6
+    torch.testing.assert_close(out, ref["out"], rtol=1e-4, atol=1e-5)
+    # every one of our weights has exactly one of the authors' names
+    assert sorted(map(reference_name, net.state_dict())) == sorted(state_dict)
+
+
+def test_reference_missing_unexpected_and_misshaped_keys():
+    _, state_dict = reference("derain")
+    bad = dict(state_dict)
+    del bad["downs.1.2.fn.norm.g"]
+    bad["downs.0.9.weight"] = torch.zeros(1)
+    bad["ups.0.0.block1.proj.weight"] = torch.zeros(7, 7, 3, 3)
+    with pytest.raises(ValueError, match="unet.py") as err:
+        from_reference_state_dict(bad, "derain")
+    message = str(err.value)
+    assert "missing (1): downs.1.2.fn.norm.g" in message
+    assert "unexpected (1): downs.0.9.weight" in message
+    assert "mis-shaped (1): ups.0.0.block1.proj.weight (7, 7, 3, 3) (expected (128, 192, 3, 3))" \
+        in message
+    # the denoising network's weights are not the conditional one's
+    with pytest.raises(ValueError, match="mid_attn.fn.fn.to_out.0.weight"):
+        from_reference_state_dict(reference("denoise")[1], "derain")
+
+
+@pytest.mark.parametrize("not_a_state_dict", [[("init_conv.weight", torch.zeros(1))],
+                                              {"params": {"init_conv.weight": torch.zeros(1)}},
+                                              None])
+def test_reference_refuses_what_is_not_a_state_dict(not_a_state_dict):
+    with pytest.raises(TypeError, match="unet.py: expected the authors' state_dict"):
+        from_reference_state_dict(not_a_state_dict)
+    with pytest.raises(ValueError, match="unet.py: variant"):
+        from_reference_state_dict({}, "deblur")
 
 
 def test_zero_initial_output():
@@ -45,6 +102,21 @@ def test_output_shape_any_size(cond, config, size):
 def test_output_shape_property(h, w, b):
     x, mu = inputs(h, w, b)
     assert make_net(config=1)(x, mu, torch.full((b,), 10)).shape == (b, 3, h, w)
+
+
+@settings(max_examples=10, deadline=None, database=None)
+@given(width=st.sampled_from([4, 6, 8]), mults=st.lists(st.integers(1, 3), min_size=2, max_size=4),
+       blocks=st.integers(1, 3), attn=st.booleans(),
+       mid_attn=st.sampled_from(["auto", "linear", "softmax", "none"]), cond=st.booleans())
+def test_any_config_runs_and_rebuilds(width, mults, blocks, attn, mid_attn, cond):
+    torch.manual_seed(0)
+    net = UNet(width=width, mults=mults, blocks=blocks, attn=attn, mid_attn=mid_attn, cond=cond,
+               zero_out=False)
+    clone = UNet(**json.loads(json.dumps(net.config)))  # checkpoints may store it as JSON
+    clone.load_state_dict(net.state_dict())
+    x, mu = inputs(11, 6)
+    assert torch.equal(clone(x, mu, 5), net(x, mu, 5))
+    assert net(x, mu, 5).shape == x.shape
 
 
 def test_t_changes_output():
@@ -76,16 +148,6 @@ def test_gradients_reach_every_parameter(config):
     assert not missing
 
 
-def test_rebuild_from_config_and_state_dict():
-    net, (x, mu) = make_net(config=0), inputs(9, 14)
-    config = json.loads(json.dumps(net.config))  # checkpoints may store it as JSON
-    clone = UNet(**config)
-    clone.load_state_dict(net.state_dict())
-    t = torch.tensor([3, 60])
-    assert clone.config == net.config
-    assert torch.equal(clone(x, mu, t), net(x, mu, t))
-
-
 def test_channels_last_and_bf16_autocast():
     net, (x, mu) = make_net(config=0), inputs(20, 12)
     t = torch.tensor([7, 30])
@@ -105,9 +167,18 @@ def test_preset_parameter_counts():
         with torch.device("meta"):  # no memory or init time for the 137 M paper net
             counts[name] = sum(p.numel() for p in build_unet(name).parameters())
     print(counts)
-    # the numbers quoted at PRESETS in unet.py
-    assert counts == {"paper": 137_187_395, "tiny": 1_419_011, "small": 5_110_147}
+    # the numbers in unet.py's docstring; paper: the authors' ConditionalUNet(3, 3, 64, 4)
+    assert counts == {"paper": 137_147_523, "small": 5_114_531, "tiny": 1_430_627}
     assert counts["tiny"] <= 2_000_000 < counts["small"] < counts["paper"]
+
+
+def test_paper_preset_variants():
+    with torch.device("meta"):
+        derain, denoise = build_unet("paper"), build_unet("paper", cond=False)
+    # the denoising SDE's network: softmax attention in the bottleneck, no condition input
+    assert derain.config["mid_attn"] == "linear" and denoise.config["mid_attn"] == "softmax"
+    assert denoise.init_conv.weight.shape == (64, 3, 7, 7)
+    assert sum(p.numel() for p in denoise.parameters()) == 137_137_091
 
 
 def test_build_unet_overrides():
@@ -116,9 +187,9 @@ def test_build_unet_overrides():
     assert net(torch.rand(1, 1, 13, 11)).shape == (1, 1, 13, 11)
 
 
-@pytest.mark.parametrize("kwargs", [dict(mults=()), dict(mults=(1, 2), attn=(True,)),
-                                    dict(bottleneck_attn="softmax"), dict(blocks=0),
-                                    dict(width=1)])
+@pytest.mark.parametrize("kwargs", [dict(mults=(1,)), dict(mults=(1, 0, 2)),
+                                    dict(attn=(True,)), dict(mid_attn="full"), dict(blocks=0),
+                                    dict(width=2), dict(width=7), dict(in_ch=0)])
 def test_bad_config_raises(kwargs):
     with pytest.raises(ValueError, match="unet.py"):
         UNet(**{**NARROW[0], **kwargs})
