@@ -42,7 +42,7 @@ import irsde
 import metrics
 from data import (NOISE_SIGMA, DataError, atomic_write, check_writable, detect_layout, find_pairs, list_images,
                   load_image, save_image)
-from unet import UNet
+from unet import UNet, from_reference_state_dict
 
 TRAJECTORY_STATES = 8  # states shown in a trajectory strip (the paper's Fig. 6)
 GAP = 4  # white pixels between the pictures of a strip
@@ -76,13 +76,21 @@ def read_config(config):
     return config
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", task=None):
     """(net, sde, config) from a train.py checkpoint: UNet(**config["net"]) with the EMA weights
     (the raw "model" weights if there is no EMA) and IRSDE(**config["sde"]), or sde None for the
-    CNN baseline (loss "cnn"). ValueError naming the file for anything unusable."""
+    CNN baseline (loss "cnn"). A plain state_dict of the authors' ConditionalUNet (their released
+    .pth files) needs `task`, which supplies their test settings. DataError naming the file for
+    anything unusable."""
     path = Path(path)
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, plain_ok=task is not None)
+    if not isinstance(ckpt.get("config"), dict):
+        return reference_model(ckpt, path, task, device)
     config = read_config(ckpt["config"])
+    if "mid_mult" in config["net"]:
+        raise DataError(f"{path}: written for the network before the authors' exact U-Net (it has "
+                        "GroupNorm blocks); this version cannot rebuild it: retrain, or sample with "
+                        "commit 8102553 or older")
     try:
         net = UNet(**config["net"])
         net.load_state_dict(ckpt.get("ema") or ckpt["model"])
@@ -92,9 +100,32 @@ def load_checkpoint(path, device="cpu"):
     return net.to(device).eval(), sde, config
 
 
-def read_checkpoint(path):
+# The authors' test settings per task (codes/config/<task>/options/test/ir-sde.yml; PAPER.md §5, §6,
+# §8): lambda on the 0-255 scale and eps, with T = 100 and the cosine schedule everywhere. Dehazing
+# has no released IR-SDE model; it takes the SR/inpainting lambda.
+REFERENCE_TASKS = {"derain": (10, 0.005), "deblur": (10, 0.005), "sr": (30, 0.005),
+                   "inpaint": (30, 0.005), "dehaze": (30, 0.005), "denoise": (75, 0.04)}
+
+
+def reference_model(state_dict, path, task, device):
+    """(net, sde, config) for the authors' weights: their network (unet.from_reference_state_dict),
+    their test SDE for `task`, and their sampler, 100 posterior steps (the denoising ODE for denoising)."""
+    try:
+        net = from_reference_state_dict(state_dict, "denoise" if task == "denoise" else "derain")
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {e}") from e
+    lam, eps = REFERENCE_TASKS[task]
+    sde = irsde.IRSDE(lam / 255, 100, "cosine", eps)
+    sampler = "ode" if task == "denoise" else "posterior"
+    config = dict(task=task, loss="ml", param="noise", net=net.config, sde=sde.config(),
+                  sampling=dict(sampler=sampler, steps=None, clip_x0=False), args=dict(source=str(path)))
+    return net.to(device).eval(), sde, config
+
+
+def read_checkpoint(path, plain_ok=False):
     """The checkpoint dict, loaded with weights_only=True: plain data and tensors only; a pickle
-    that would run code is refused. ValueError naming the file when it is missing or unusable."""
+    that would run code is refused. plain_ok accepts a bare state_dict (name -> tensor) as well.
+    DataError naming the file when it is missing or unusable."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
@@ -102,7 +133,12 @@ def read_checkpoint(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # optimizer state stays off the GPU
     except Exception as e:  # torch raises many types for foreign or damaged files
         raise DataError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
-    missing = _missing_keys(ckpt)
+    plain = isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values())
+    if plain and not plain_ok:
+        raise DataError(f"{path}: a plain state_dict, not a train.py checkpoint; if it holds the authors' "
+                        f"weights (e.g. rain100h_sde.pth), give --task ({', '.join(REFERENCE_TASKS)}) "
+                        "to use their test settings")
+    missing = [] if plain else _missing_keys(ckpt)
     if missing:
         raise DataError(f"{path}: checkpoint lacks {', '.join(missing)} (not written by train.py?)")
     return ckpt
@@ -167,7 +203,7 @@ def tiled(net, tile, overlap):
     full-size noise draw per step, so the noise equals the untiled run's and the blend weights
     (raised-cosine ramps over the overlaps, summing to one there) leave no seams. Memory is
     bounded by the tile; the state itself is only 3 x H x W. A network with image-wide context
-    (the UNet's GroupNorm statistics, its receptive field) still gives somewhat different values
+    (its linear attention is image-wide, and its receptive field) still gives somewhat different values
     per tile than on the whole image: the blend hides the tile borders, not that difference.
     """
     if tile < 1 or not 0 <= overlap <= tile // 2:
@@ -335,7 +371,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 1)[1])
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by train.py")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint written by train.py, or the authors' .pth (then --task is needed)")
+    p.add_argument("--task", choices=sorted(REFERENCE_TASKS),
+                   help="for the authors' .pth files: the task, which sets their test SDE (lambda, T, eps)")
     p.add_argument("--input", required=True, help="image, folder of images, or paired dataset folder")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--gt", help="GT image or folder, paired with the inputs by sorted file name")
@@ -381,7 +420,9 @@ def main(argv=None):
 def run(args):
     """Restore every input in sorted order, writing each result as it is done; then the metrics."""
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net, sde, config = load_checkpoint(args.checkpoint, args.device)
+    net, sde, config = load_checkpoint(args.checkpoint, args.device, args.task)
+    if args.task not in (None, config["task"]):
+        raise DataError(f"{args.checkpoint}: checkpoint was trained for {config['task']}, not --task {args.task}")
     check_args(args, sde, config)
     if args.trajectory and sde is None:
         print("--trajectory: the CNN baseline has no intermediate states; no trajectory written")

@@ -69,6 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--val", help="validation folder; default: the fixed synthetic validation set")
     p.add_argument("--out", help="output folder (default: runs/<task>)")
     p.add_argument("--resume", help="continue from this checkpoint (its settings win)")
+    p.add_argument("--init-from", help="start from these weights (fine-tuning): a train.py checkpoint "
+                   "or the authors' .pth (with --net paper)")
     p.add_argument("--seed", type=int, help="seeds every random source (default: 0)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
@@ -160,6 +162,16 @@ def build(args, device):
     net = build_unet(args.net, cond=cond).to(device)
     sde = None if args.loss == "cnn" else irsde.IRSDE(args.max_sigma / 255, args.T, args.schedule, args.eps)
     return net, sde
+
+
+def init_weights(net, path, task):
+    """Copy the weights of a train.py checkpoint or of the authors' .pth into net (fine-tuning)."""
+    source = sample.load_checkpoint(path, "cpu", task)[0]
+    arch = lambda config: {k: v for k, v in config.items() if k != "zero_out"}  # zero_out: init only
+    if arch(source.config) != arch(net.config):
+        raise data.DataError(f"{path}: its network {arch(source.config)} is not this run's "
+                             f"{arch(net.config)}; choose the matching --net (the authors' is paper)")
+    net.load_state_dict(source.state_dict())
 
 
 def optimizers(args, net):
@@ -327,6 +339,8 @@ def main(argv=None):
         export_val_set(val_set, out / "val")
 
     net, sde = build(args, device)
+    if args.init_from and ckpt is None:  # a resumed run has its own weights
+        init_weights(net, args.init_from, args.task)
     config = sample.make_config(args, net, sde)
     opt, sched, ema = optimizers(args, net)
     step = 0
