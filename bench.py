@@ -150,6 +150,7 @@ def bench_reference(args, device):
         def their_step(opt=torch.optim.Adam(theirs.parameters(), lr=1e-4)):
             with autocast:  # their training loop (models/denoising_model.py), ML loss, L1
                 timesteps, states = sde_theirs.generate_random_states(gt, lq)
+                timesteps = timesteps.to(device)  # their model class moves it (models/denoising_model.py)
                 noise = sde_theirs.noise_fn(states, timesteps.squeeze())
                 score = sde_theirs.get_score_from_noise(noise, timesteps)
                 loss = (sde_theirs.reverse_sde_step_mean(states, score, timesteps)

@@ -16,12 +16,19 @@ Examples:
 
 Input: an image file, a folder of images, or a paired dataset folder in a layout that
 data.find_pairs knows (GT/ + LQ/, Rain100 rain-N/norain-N, GoPro blur/sharp); then the GT
-comes from the pairs. --gt is an image or a folder paired with the inputs by sorted file name.
+comes from the pairs. --gt is an image or a folder paired with the inputs by file name, with
+train.py's rule for GT/ + LQ/ folders (same stem; an LQ stem may end in x4); what does not pair
+is refused. A super-resolution checkpoint trained on small LQ images (scale s > 1 in its
+config) upsamples each input bicubically by s, as training did; GT must then be s x the LQ.
 
 Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
 and on Y with --crop-border pixels cut, PAPER.md §9); DIR/compare/<stem>.png (LQ |
 restored | GT) with --compare; DIR/trajectory/<stem>.png (intermediate states towards x_0 on
 top, the network's x0 prediction at each of them below) with --trajectory.
+
+Outputs never land where inputs are: the output folder and its compare/ and trajectory/
+subfolders may not hold input or GT images nor lie inside a folder given as --input or --gt.
+Ctrl-C stops after writing the metrics of the images finished so far (exit status 130).
 
 Seeds: every image gets its own generator seeded with --seed, so an image's result does not
 depend on which other images are in the folder; the same command gives the same numbers on CPU
@@ -32,6 +39,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,23 +48,25 @@ import torch
 
 import irsde
 import metrics
-from data import (NOISE_SIGMA, DataError, atomic_write, check_writable, detect_layout, find_pairs, list_images,
-                  load_image, save_image)
+from data import (NOISE_SIGMA, DataError, _keyed, _match, atomic_write, check_writable, detect_layout, find_pairs,
+                  list_images, load_image, save_image, upsample)
 from unet import UNet, from_reference_state_dict
 
 TRAJECTORY_STATES = 8  # states shown in a trajectory strip (the paper's Fig. 6)
 GAP = 4  # white pixels between the pictures of a strip
+MIN_TILE = 128  # smaller tiles give the network too little context: a warning (to be measured on the final U-Net)
 
 
 # ---- checkpoint ------------------------------------------------------------------------------
 
-def make_config(args, net, sde):
+def make_config(args, net, sde, scale=1):
     """The run configuration stored in every train.py checkpoint (the one place that writes it):
-    {task, loss, param, net, sde, sampling: {sampler, steps, clip_x0}} is what sample.py rebuilds
-    the model from; `args` (every train.py flag) is kept for the record and for --resume."""
+    {task, loss, param, net, sde, scale, sampling: {sampler, steps, clip_x0}} is what sample.py
+    rebuilds the model from; scale is the SR factor by which training upsampled its LQ images
+    (1: LQ given at GT size). `args` (every train.py flag) is kept for the record and for --resume."""
     record = {k: v for k, v in vars(args).items() if k not in ("resume", "device", "out")}
     return dict(task=args.task, loss=args.loss, param=args.param, net=net.config,
-                sde=None if sde is None else sde.config(),
+                sde=None if sde is None else sde.config(), scale=scale,
                 sampling=dict(sampler=args.sampler, steps=args.sample_steps, clip_x0=args.clip_x0),
                 args=record)
 
@@ -64,8 +74,9 @@ def make_config(args, net, sde):
 def read_config(config):
     """A checkpoint's configuration in the current layout (the one place that reads it). Checkpoints
     written before the layout had `sampling` kept those settings in `args` and named lambda
-    `max_sigma`; they are translated here."""
+    `max_sigma`; they are translated here. Those without `scale` were trained at scale 1."""
     config = dict(config)
+    config.setdefault("scale", 1)
     if config.get("sde") is not None and "max_sigma" in config["sde"]:
         config["sde"] = {("lam" if k == "max_sigma" else k): v for k, v in config["sde"].items()}
     if "sampling" not in config:
@@ -118,6 +129,7 @@ def reference_model(state_dict, path, task, device):
     sde = irsde.IRSDE(lam / 255, 100, "cosine", eps)
     sampler = "ode" if task == "denoise" else "posterior"
     config = dict(task=task, loss="ml", param="noise", net=net.config, sde=sde.config(),
+                  scale=4 if task == "sr" else 1,  # their SR test upsamples the x4 LR input bicubically
                   sampling=dict(sampler=sampler, steps=None, clip_x0=False), args=dict(source=str(path)))
     return net.to(device).eval(), sde, config
 
@@ -127,12 +139,17 @@ def read_checkpoint(path, plain_ok=False):
     that would run code is refused. plain_ok accepts a bare state_dict (name -> tensor) as well.
     DataError naming the file when it is missing or unusable."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a checkpoint file (train.py writes <folder>/last.pt)")
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: checkpoint file is empty (0 bytes: an interrupted copy or save?)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # optimizer state stays off the GPU
-    except Exception as e:  # torch raises many types for foreign or damaged files
-        raise DataError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # torch raises many types for foreign or damaged files, some without a message
+        reason = next(iter(str(e).splitlines()), "") or type(e).__name__
+        raise DataError(f"{path}: not a readable torch checkpoint ({reason})") from e
     plain = isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values())
     if plain and not plain_ok:
         raise DataError(f"{path}: a plain state_dict, not a train.py checkpoint; if it holds the authors' "
@@ -277,21 +294,30 @@ def strip(images):
 
 # ---- input and output files ------------------------------------------------------------------
 
-def find_jobs(input_path, gt_path=None):
-    """[(lq, gt or None)]: a paired dataset folder (data.find_pairs), or the inputs paired with
-    --gt by sorted file name."""
+def find_jobs(input_path, gt_path=None, scale=1):
+    """[(lq, gt or None)]: a paired dataset folder (data.find_pairs, LQ = GT size / scale), or
+    the inputs paired with --gt by name (pair_by_name)."""
     input_path = Path(input_path)
     if input_path.is_dir() and _paired_layout(input_path):
         if gt_path is not None:
             raise DataError(f"{input_path} is a paired dataset folder: it brings its own GT, drop --gt")
-        return find_pairs(input_path)
+        return find_pairs(input_path, scale=scale)
     inputs = list_images(input_path)
     if gt_path is None:
         return [(lq, None) for lq in inputs]
-    gts = list_images(gt_path)
-    if len(gts) != len(inputs):
-        raise DataError(f"{input_path} has {len(inputs)} images but {gt_path} has {len(gts)}")
-    return list(zip(inputs, gts))
+    return pair_by_name(inputs, list_images(gt_path), input_path, Path(gt_path))
+
+
+def pair_by_name(inputs, gts, input_path, gt_path):
+    """(lq, gt) pairs by train.py's rule for GT/ + LQ/ folders: the same stem, where an LQ stem
+    may carry an "x4"-style suffix (DIV2K). Sorted order would pair 1, 2, 10 with 01, 02, 10 wrongly.
+    One input file and one GT file pair whatever their names; one input file against a GT folder
+    takes the GT of its name. DataError naming the files that do not pair."""
+    if input_path.is_file() and gt_path.is_file():
+        return [(inputs[0], gts[0])]
+    gt = _keyed(gts, lambda p: p.stem)
+    lq = _keyed(inputs, lambda p: p.stem if p.stem in gt else re.sub(r"x\d+$", "", p.stem))
+    return _match(lq, gt, input_path, gt_path, skip_gt_only=input_path.is_file())
 
 
 def _paired_layout(folder):
@@ -306,19 +332,37 @@ def output_names(paths):
     """Output stems: the file stems or, where stems repeat (GoPro scenes, a.png + a.jpg), the
     path below the inputs' common folder with "/" and "." turned into "_"."""
     stems = [p.stem for p in paths]
-    if len(set(stems)) == len(stems):
-        return stems
-    root = Path(os.path.commonpath([p.parent for p in paths]))
-    return ["_".join(p.relative_to(root).parts).replace(".", "_") for p in paths]
+    names = stems
+    if len(set(stems)) < len(stems):
+        root = Path(os.path.commonpath([p.parent for p in paths]))
+        names = ["_".join(p.relative_to(root).parts).replace(".", "_") for p in paths]
+    first = {}
+    for path, name in zip(paths, names):  # x/y.png and x_y.png would both become x_y_png
+        if name in first:
+            raise DataError(f"{first[name]} and {path} would both be written as {name}.png; rename one")
+        first[name] = path
+    return names
 
 
-def prepare_output(out, jobs, subfolders):
-    """Create the output folders; refuse a folder that holds input or GT images (they would be
-    overwritten) and one that cannot be written, before anything is restored."""
+OUTPUT_SUBFOLDERS = ("compare", "trajectory")
+
+
+def prepare_output(out, jobs, given, subfolders):
+    """Create the output folders, refusing before anything is restored: an output folder (or its
+    compare/ or trajectory/ subfolder) that holds input or GT images, which would be overwritten,
+    or that lies inside a folder given as --input / --gt (`given`), and one that cannot be written."""
     out = Path(out)
     sources = {p.parent.resolve() for job in jobs for p in job if p is not None}
-    if out.resolve() in sources:
-        raise DataError(f"{out}: output folder holds the input images; choose another folder")
+    inside = [Path(g).resolve() for g in given if g is not None and Path(g).is_dir()]
+    for folder in [out] + [out / s for s in OUTPUT_SUBFOLDERS]:
+        target = folder.resolve()
+        if target in sources:
+            raise DataError(f"{folder}: output folder holds input or GT images, which would be overwritten; "
+                            "choose another --output")
+        for root in inside:
+            if target == root or root in target.parents:
+                raise DataError(f"{folder}: output folder lies inside {root}, given as --input/--gt; "
+                                "choose an --output outside it")
     for folder in [out] + [out / s for s in subfolders]:
         check_writable(folder, "the output folder")
 
@@ -377,36 +421,100 @@ def parse_args(argv=None):
                    help="for the authors' .pth files: the task, which sets their test SDE (lambda, T, eps)")
     p.add_argument("--input", required=True, help="image, folder of images, or paired dataset folder")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--gt", help="GT image or folder, paired with the inputs by sorted file name")
+    p.add_argument("--gt", help="GT image or folder, paired with the inputs by file name")
     p.add_argument("--sampler", choices=sorted(irsde.SAMPLERS),
                    help="default: the checkpoint's (train.py stores ode for paper-preset denoising, ddim for tiny)")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the checkpoint's, else T)")
+    p.add_argument("--steps", type=int, help="sampling steps, 1 to T (denoising: 1 to t*) "
+                   "(default: the checkpoint's, else every index)")
     p.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image")
     p.add_argument("--noise-sigma", type=float,
                    help=f"denoising: noise level of the inputs on the 0-255 scale (default {NOISE_SIGMA * 255:g})")
-    p.add_argument("--tile", type=int, help="evaluate the network on tiles of this size (large images)")
+    p.add_argument("--tile", type=int, help="evaluate the network on tiles of this size (large images; "
+                   f"below {MIN_TILE} costs quality)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     p.add_argument("--compare", action="store_true", help="also write LQ | restored | GT pictures")
     p.add_argument("--trajectory", action="store_true", help="also write intermediate states and x0 predictions (Fig. 6)")
-    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each side for metrics")
     return p.parse_args(argv)
 
 
+def check_device(name):
+    """The torch.device for a --device value: cpu, cuda or cuda:N; None picks cuda when available.
+    DataError for any other name and for a GPU this machine does not have (shared with train.py)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if match is None:
+        raise DataError(f"--device {name}: expected cpu, cuda or cuda:N")
+    if name != "cpu":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DataError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if int(match.group(1) or 0) >= count:
+            raise DataError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device(name)
+
+
 def check_args(args, sde, config):
-    """Option values that argparse cannot judge alone; DataError naming the option."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: CUDA is not available on this machine")
-    if args.steps is not None and args.steps < 1:
-        raise DataError(f"--steps must be at least 1, got {args.steps}")
+    """Option values that argparse cannot judge alone, checked before any work; DataError naming
+    the option. Sets args.noise_sigma, args.sampler and args.steps to what will run, so that
+    metrics.json records that."""
+    if args.crop_border < 0:
+        raise DataError(f"--crop-border must be 0 or more, got {args.crop_border}")
+    check_tile(args.tile, args.overlap)
+    if sde is None:
+        given = [flag for flag, value in (("--steps", args.steps), ("--sampler", args.sampler),
+                                          ("--noise-sigma", args.noise_sigma)) if value is not None]
+        if given:
+            raise DataError(f"{', '.join(given)}: {args.checkpoint} is the CNN baseline, which restores in one "
+                            "network pass without them; drop them")
+        return
     if args.noise_sigma is not None and config["task"] != "denoise":
         raise DataError(f"--noise-sigma applies to denoising checkpoints only (this one: {config['task']})")
+    t_start, start = sde.T, f"T = {sde.T}"
     if config["task"] == "denoise":
         args.noise_sigma = NOISE_SIGMA * 255 if args.noise_sigma is None else args.noise_sigma
         try:
-            sde.start_index(args.noise_sigma / 255)
+            t_start = sde.start_index(args.noise_sigma / 255)
         except ValueError as e:  # unless 0 < sigma < lambda
             raise DataError(f"--noise-sigma {args.noise_sigma:g}: {e}") from None
+        if t_start < 1:
+            raise DataError(f"--noise-sigma {args.noise_sigma:g}: too small for this checkpoint's noise levels "
+                            "(t* = 0: nothing to denoise)")
+        start = f"t* = {t_start} for --noise-sigma {args.noise_sigma:g}"
+    args.sampler = args.sampler or config["sampling"]["sampler"]
+    args.steps = sampling_steps(args, config["sampling"]["steps"], t_start, start)
+
+
+def sampling_steps(args, stored, available, start):
+    """The number of sampling steps that will run: --steps, which must be 1..available (the
+    indices from `start` down to 0), else the checkpoint's number, capped at `available` with a
+    note (t* depends on --noise-sigma), else every index."""
+    if args.steps is not None:
+        if not 1 <= args.steps <= available:
+            raise DataError(f"--steps {args.steps}: must be between 1 and {available} ({start})")
+        return args.steps
+    if stored is None:
+        return available
+    if stored < 1:
+        raise DataError(f"{args.checkpoint}: stores {stored} sampling steps (train.py did not check "
+                        f"--sample-steps then); pass --steps N with 1 <= N <= {available}")
+    if stored > available:
+        print(f"note: the checkpoint's {stored} sampling steps exceed the {available} indices from {start}; "
+              f"running {available}")
+    return min(stored, available)
+
+
+def check_tile(tile, overlap):
+    """Refuse tiles the blend cannot use; warn about tiles small enough to cost quality."""
+    if tile is None:
+        return
+    if tile < 1 or overlap < 0 or tile < 2 * overlap:
+        raise DataError(f"--tile {tile} --overlap {overlap}: need tile >= 1, overlap >= 0 and tile >= 2 x overlap")
+    if tile < MIN_TILE:
+        print(f"warning: --tile {tile} is below {MIN_TILE}: each tile gives the network less context, which costs "
+              f"quality; use --tile {MIN_TILE} or more if memory allows", file=sys.stderr)
 
 
 def main(argv=None):
@@ -415,24 +523,48 @@ def main(argv=None):
         run(args)
     except DataError as e:  # the project's own errors; anything else keeps its traceback
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # run() has written what was finished
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def run(args):
-    """Restore every input in sorted order, writing each result as it is done; then the metrics."""
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    net, sde, config = load_checkpoint(args.checkpoint, args.device, args.task)
+    """Restore every input in order, writing each result as it is done; then the metrics. Stopped
+    early (Ctrl-C, an unusable image, a full disk), it writes the metrics of the finished images
+    first, marked "complete": false."""
+    device = check_device(args.device)
+    net, sde, config = load_checkpoint(args.checkpoint, device, args.task)
     if args.task not in (None, config["task"]):
         raise DataError(f"{args.checkpoint}: checkpoint was trained for {config['task']}, not --task {args.task}")
     check_args(args, sde, config)
     if args.trajectory and sde is None:
         print("--trajectory: the CNN baseline has no intermediate states; no trajectory written")
-    jobs = find_jobs(args.input, args.gt)
+    jobs = find_jobs(args.input, args.gt, config["scale"])
+    names = output_names([lq for lq, _ in jobs])
     out = Path(args.output)
-    prepare_output(out, jobs, [s for s, on in (("compare", args.compare), ("trajectory", args.trajectory)) if on])
+    prepare_output(out, jobs, (args.input, args.gt), [s for s in OUTPUT_SUBFOLDERS if getattr(args, s)])
+    info = dict(checkpoint=str(args.checkpoint), task=config["task"], scale=config["scale"], sampler=args.sampler,
+                steps=args.steps, seed=args.seed, crop_border=args.crop_border)
     rows = []
-    for k, ((lq_path, gt_path), name) in enumerate(zip(jobs, output_names([lq for lq, _ in jobs])), 1):
+    try:
+        restore_all(args, net, sde, config, jobs, names, out, device, rows)
+    except (KeyboardInterrupt, DataError):
+        if rows:
+            write_metrics(out, rows, dict(info, complete=False))
+            print(f"stopped: the metrics of the {len(rows)} image(s) finished are in {out / 'metrics.json'}",
+                  file=sys.stderr)
+        raise
+    if rows:
+        print_table(rows)
+        write_metrics(out, rows, dict(info, complete=True))
+    print(f"{len(jobs)} image(s) written to {out}")
+
+
+def restore_all(args, net, sde, config, jobs, names, out, device, rows):
+    """Restore the jobs one by one, printing progress; appends each image's metrics to rows."""
+    for k, ((lq_path, gt_path), name) in enumerate(zip(jobs, names), 1):
         start = time.perf_counter()
-        restored, gt = restore_file(args, net, sde, config, lq_path, gt_path, out, name)
+        restored, gt = restore_file(args, net, sde, config, lq_path, gt_path, out, name, device)
         line = f"[{k}/{len(jobs)}] {name} {restored.shape[1]}x{restored.shape[2]} {time.perf_counter() - start:.1f}s"
         if gt is not None:
             rows.append(measure(name, restored, gt, args.crop_border))
@@ -442,24 +574,16 @@ def run(args):
             line += (f"  PSNR {rows[-1]['psnr']:.2f} PSNR-Y {rows[-1]['psnr_y']:.2f}"
                      f"  (mean {mean['psnr']:.2f} / {mean['psnr_y']:.2f})")
         print(line, flush=True)
-    if rows:
-        print_table(rows)
-        sampler = None if sde is None else args.sampler or config["sampling"]["sampler"]
-        write_metrics(out, rows, dict(checkpoint=str(args.checkpoint), task=config["task"], sampler=sampler,
-                                      steps=args.steps or config["sampling"]["steps"], seed=args.seed,
-                                      crop_border=args.crop_border))
-    print(f"{len(jobs)} image(s) written to {out}")
 
 
-def restore_file(args, net, sde, config, lq_path, gt_path, out, name):
+def restore_file(args, net, sde, config, lq_path, gt_path, out, name, device):
     """Load one pair, restore it, write out/<name>.png (and its compare / trajectory pictures).
+    An SR checkpoint's LQ is first upsampled by its scale, as in training (data.PairedFolder).
     Returns (restored, gt or None) as (3,H,W) CPU tensors."""
     lq = load_image(lq_path)
-    gt = load_image(gt_path) if gt_path is not None else None
-    if gt is not None and gt.shape != lq.shape:
-        raise DataError(f"size mismatch: {lq_path} is {lq.shape[2]}x{lq.shape[1]} "
-                        f"but {gt_path} is {gt.shape[2]}x{gt.shape[1]}")
-    device = torch.device(args.device)
+    gt = None if gt_path is None else fit_gt(load_image(gt_path), lq, config["scale"], lq_path, gt_path)
+    if config["scale"] > 1:
+        lq = upsample(lq, (lq.shape[1] * config["scale"], lq.shape[2] * config["scale"]))
     noise_sigma = None if args.noise_sigma is None else args.noise_sigma / 255
     # one generator per image, seeded alike: a result does not depend on the other images
     generator = torch.Generator(device).manual_seed(args.seed)
@@ -472,6 +596,16 @@ def restore_file(args, net, sde, config, lq_path, gt_path, out, name):
     if trajectory is not None:
         save_image(trajectory.picture(), out / "trajectory" / f"{name}.png")
     return restored, gt
+
+
+def fit_gt(gt, lq, scale, lq_path, gt_path):
+    """gt cut to the LQ size x scale, as training does ("modcrop"); DataError unless GT size //
+    scale is the LQ size."""
+    if (gt.shape[1] // scale, gt.shape[2] // scale) != tuple(lq.shape[1:]):
+        need = f" (this x{scale} checkpoint needs GT = LQ size x {scale})" if scale > 1 else ""
+        raise DataError(f"size mismatch: {lq_path} is {lq.shape[2]}x{lq.shape[1]} "
+                        f"but {gt_path} is {gt.shape[2]}x{gt.shape[1]}{need}")
+    return gt[:, :lq.shape[1] * scale, :lq.shape[2] * scale]
 
 
 if __name__ == "__main__":

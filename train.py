@@ -10,12 +10,18 @@ is batch x GPUs while the learning rate stays as given):
 Resume (the checkpoint holds every setting and random state):
     python train.py --resume runs/derain/last.pt
 
+A new run refuses a folder that holds another run's checkpoint. Every flag and every image of
+--data/--val is checked before step 1. Ctrl-C or SIGTERM stops after the current step, saves,
+and exits with 130 or 143; an error after step 1 saves first when it can and prints how to resume.
+
 Without --data it trains on built-in synthetic pairs (data.SyntheticPairs) and validates on a
 fixed synthetic set. Checkpoints carry the task, SDE and network configuration, so sample.py
 needs nothing else and train/test settings cannot disagree.
 """
 import argparse
+import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -99,7 +105,7 @@ def fill_defaults(args):
     """Unset flags take the preset's value, then the task's SDE settings."""
     args.preset = args.preset or "paper"
     args.seed = 0 if args.seed is None else args.seed
-    args.val_images = args.val_images or data.DEFAULT_VAL_LEN
+    args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
     if args.task == "denoise" and args.sampler is None:  # the denoising ODE (eq. 16); DDIM for few steps
         args.sampler = "ode" if args.preset == "paper" else "ddim"
     for key, value in PRESETS[args.preset].items():
@@ -126,7 +132,7 @@ def resume_args(given, ckpt, path):
                              f"{getattr(given, key)}; start a new run instead of --resume")
     ignored = [f"--{key.replace('_', '-')} (the run has {getattr(saved, key, None)!r})"
                for key, value in vars(given).items()
-               if key not in RESUME_MAY_CHANGE and value not in (None, False)
+               if key not in RESUME_MAY_CHANGE and value is not None and value is not False
                and _normalised(key, value) != getattr(saved, key, None)]
     if ignored:
         raise data.DataError(f"{path}: --resume continues the run with its own settings and would ignore "
@@ -142,13 +148,53 @@ def _normalised(key, value):
     return bool(value) if key == "clip_x0" else value
 
 
+def check_args(args):
+    """Every numeric flag and --device, checked before any work: a value the run cannot honour
+    is refused with the flag named, never capped or ignored."""
+    rules = [
+        ("iters", args.iters >= 1, "at least 1"), ("batch", args.batch >= 1, "at least 1"),
+        ("crop", args.crop >= 8, "at least 8"), ("lr", 0 < args.lr < math.inf, "a number above 0"),
+        ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("log-every", args.log_every >= 1, "at least 1"),
+        ("val-every", args.val_every >= 1, "at least 1"), ("save-every", args.save_every >= 1, "at least 1"),
+        ("workers", args.workers >= 0, "0 or more"), ("T", args.T >= 1, "at least 1"),
+        ("eps", 0 < args.eps < 1, "in (0, 1)"),
+        ("max-sigma", 0 < args.max_sigma <= 255, "in (0, 255]: lambda on the 0-255 scale (10 means 10/255)"),
+        ("sample-steps", 1 <= args.sample_steps <= args.T, f"between 1 and --T ({args.T})"),
+        ("milestones", all(m >= 1 for m in args.milestones), "positive step numbers"),
+        ("val-images", args.val_images >= 1, "at least 1"), ("seed", 0 <= args.seed < 2**32, "in [0, 2^32)"),
+    ]
+    for name, ok, rule in rules:
+        if not ok:
+            value = getattr(args, name.replace("-", "_"))
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value  # --milestones
+            raise data.DataError(f"--{name} {shown}: must be {rule}")
+    args.device = str(sample.check_device(args.device))
+    if "RANK" in os.environ and args.device.startswith("cuda:"):
+        raise data.DataError(f"--device {args.device}: under torchrun each process uses the GPU of its "
+                             "LOCAL_RANK; pass --device cuda")
+
+
+def check_run_folder(out, resume):
+    """A new run never replaces another run's checkpoint nor appends to its metrics.jsonl; only
+    resuming that checkpoint in place continues them."""
+    last, log = out / "last.pt", out / "metrics.jsonl"
+    if resume is not None and last.exists() and last.resolve() == Path(resume).resolve():
+        return
+    if last.exists():
+        raise data.DataError(f"{out}: holds the checkpoint of another run ({last}); continue that run with "
+                             f"python train.py --resume {last}, or choose another folder with --out")
+    if log.exists() and log.stat().st_size > 0:
+        raise data.DataError(f"{out}: holds the metrics.jsonl of another run; choose another folder with --out")
+
+
 # ---- set-up ------------------------------------------------------------------------------------
 
 def setup_distributed(args):
-    """(rank, world, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPU."""
-    cuda = torch.cuda.is_available() if args.device is None else args.device.startswith("cuda")
+    """(rank, world, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPUs, gloo on CPU.
+    args.device is checked already (check_args)."""
     if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if cuda else "cpu")
+        return 0, 1, torch.device(args.device)
+    cuda = args.device == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, local = dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
@@ -172,6 +218,26 @@ def init_weights(net, path, task):
         raise data.DataError(f"{path}: its network {arch(source.config)} is not this run's "
                              f"{arch(net.config)}; choose the matching --net (the authors' is paper)")
     net.load_state_dict(source.state_dict())
+
+
+def datasets(args, rank):
+    """(train_set, val_set). Folders are decoded completely first, so that a damaged image stops
+    the run before step 1 rather than when it is first drawn, hours in."""
+    train_set = data.make_dataset(args.task, args.data, args.crop, args.seed, "train")
+    val_set = data.make_dataset(args.task, args.val, VAL_CROP, args.seed, "val", n=args.val_images)
+    for folder, dataset in ((args.data, train_set), (args.val, val_set)):
+        if folder is not None:
+            if rank == 0:
+                print(f"checking the {len(dataset)} image pairs of {folder}", flush=True)
+            check_images(dataset)
+    return train_set, val_set
+
+
+def check_images(dataset):
+    """Decode every pair of a PairedFolder once: each file must decode and the LQ must be the GT
+    size // scale (the headers said so; the pixels must agree). DataError naming the file."""
+    for lq_path, gt_path in dataset.pairs:
+        sample.fit_gt(data.load_image(gt_path), data.load_image(lq_path), dataset.scale, lq_path, gt_path)
 
 
 def optimizers(args, net):
@@ -244,6 +310,32 @@ def save_checkpoint(path, step, net, ema, opt, sched, generator, config):
     data.atomic_write(path, lambda f: torch.save(state, f))
 
 
+class Progress:
+    """The step reached and the step last saved to `path`, so that a failure can save the rest.
+    state: (net, ema, opt, sched, generator, config) as save_checkpoint takes them."""
+
+    def __init__(self, path, step, state):
+        self.path, self.step, self.saved, self.state = path, step, step, state
+
+    def save(self):
+        save_checkpoint(self.path, self.step, *self.state)
+        self.saved = self.step
+
+
+def keep_progress(progress, error):
+    """An exception stopped the run: save the steps done since the last checkpoint when the file
+    can still be written, and say how to go on."""
+    if progress.step > progress.saved:
+        try:
+            progress.save()
+        except data.DataError as e:
+            print(f"could not save step {progress.step}: {e}", file=sys.stderr)
+    if progress.path.exists():
+        print(f"stopped at step {progress.step} by {type(error).__name__}; {progress.path} holds step "
+              f"{progress.saved}; after fixing the cause, resume with: python train.py --resume {progress.path}",
+              file=sys.stderr, flush=True)
+
+
 def load_resume(path):
     """The checkpoint to resume, with a clear error when it is unusable."""
     ckpt = sample.read_checkpoint(path)
@@ -251,6 +343,34 @@ def load_resume(path):
     if missing:
         raise data.DataError(f"{path}: not a train.py checkpoint (missing {', '.join(sorted(missing))})")
     return ckpt
+
+
+def restore_state(ckpt, net, ema, opt, sched, generator):
+    """Load a resumed checkpoint's weights, optimizer and random states; returns its step."""
+    net.load_state_dict(ckpt["model"])
+    ema.module.load_state_dict(ckpt["ema"])
+    ema.n_averaged.fill_(int(ckpt["ema_n_averaged"]))
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"], generator)
+    return ckpt["step"]
+
+
+def open_log(path):
+    """metrics.jsonl opened for appending; DataError naming it when that fails."""
+    try:
+        return open(path, "a")
+    except OSError as e:
+        raise data.DataError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def log_row(log, row):
+    """Append one JSON line to metrics.jsonl; a full disk is a DataError naming the file."""
+    try:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    except OSError as e:
+        raise data.DataError(f"{log.name}: cannot write ({e.strerror or e})") from e
 
 
 # ---- validation --------------------------------------------------------------------------------
@@ -312,8 +432,9 @@ def check_replicas(net):
         print(f"{len(gathered)} replicas in sync (weight checksum {gathered[0].item():.6f})")
 
 
-def main(argv=None):
-    args, ckpt = parse_args(argv), None
+def settings(args):
+    """(args, ckpt or None): the run's settings, from the flags or the resumed checkpoint, checked."""
+    ckpt = None
     if args.resume:
         ckpt = load_resume(args.resume)
         args = resume_args(args, ckpt, args.resume)
@@ -321,10 +442,19 @@ def main(argv=None):
         raise data.DataError("--task is required (one of " + ", ".join(data.TASKS) + ")")
     else:
         args = fill_defaults(args)
-    rank, world, device = setup_distributed(args)
-    train_set = data.make_dataset(args.task, args.data, args.crop, args.seed, "train")
-    val_set = data.make_dataset(args.task, args.val, VAL_CROP, args.seed, "val", n=args.val_images)
+    check_args(args)
+    if ckpt is not None and ckpt["step"] >= args.iters:
+        raise data.DataError(f"{args.resume}: the run is at step {ckpt['step']} already; pass --iters above it "
+                             "to train further")
+    return args, ckpt
+
+
+def main(argv=None):
+    args, ckpt = settings(parse_args(argv))
     out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else Path("runs", args.task)
+    check_run_folder(out, args.resume)
+    rank, world, device = setup_distributed(args)
+    train_set, val_set = datasets(args, rank)
     if rank == 0:
         data.check_writable(out, "the output folder")
     # Same seed on every rank for the weights; rank-specific noise and time draws.
@@ -341,18 +471,10 @@ def main(argv=None):
     net, sde = build(args, device)
     if args.init_from and ckpt is None:  # a resumed run has its own weights
         init_weights(net, args.init_from, args.task)
-    config = sample.make_config(args, net, sde)
+    config = sample.make_config(args, net, sde, train_set.scale if args.data else 1)
     opt, sched, ema = optimizers(args, net)
-    step = 0
-    if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        ema.module.load_state_dict(ckpt["ema"])
-        ema.n_averaged.fill_(int(ckpt["ema_n_averaged"]))
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        step = ckpt["step"]
-        set_rng_state(ckpt["rng"], generator)
-        del ckpt
+    step = 0 if ckpt is None else restore_state(ckpt, net, ema, opt, sched, generator)
+    del ckpt
 
     cuda = device.type == "cuda"
     if cuda:
@@ -365,72 +487,98 @@ def main(argv=None):
                         sampler=StepSampler(len(train_set), args.seed, rank, world, step * args.batch),
                         num_workers=args.workers, pin_memory=cuda, persistent_workers=args.workers > 0,
                         prefetch_factor=4 if args.workers > 0 else None)
-
-    stop = {"signal": None}  # Ctrl-C / SIGTERM: finish the step, save, exit cleanly
-    handlers = {sig: signal.signal(sig, lambda number, frame: stop.update(signal=number))
-                for sig in (signal.SIGINT, signal.SIGTERM)}
-    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
-    last = out / "last.pt"
+    progress = Progress(out / "last.pt", step, (net, ema, opt, sched, generator, config))
     if rank == 0:
         print(f"{args.task}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, "
               f"{world} x {device}, batch {args.batch} x {world}, {args.iters} iterations, from step {step}")
 
-    tic, tic_step = time.time(), step
-    for lq, gt in loader:
-        if step >= args.iters or stop["signal"] is not None:
-            break
-        lq = lq.to(device, non_blocking=True)
-        gt = gt.to(device, non_blocking=True)
-        if cuda:
-            lq, gt = lq.contiguous(memory_format=torch.channels_last), gt.contiguous(memory_format=torch.channels_last)
-        loss = train_step(model, sde, args, lq, gt, generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; stopped. The last good "
-                                     f"checkpoint is kept ({last}); try a lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        ema.update_parameters(net)
-        step += 1
+    stop = {"signal": None}  # Ctrl-C / SIGTERM: finish the step, save, exit 128 + signal
+    handlers = {sig: signal.signal(sig, lambda number, frame: stop.update(signal=number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with open_log(out / "metrics.jsonl") if rank == 0 else contextlib.nullcontext() as log:
+            tic, tic_step = time.time(), step
+            for lq, gt in loader:
+                if step >= args.iters or stop["signal"] is not None:
+                    break
+                lq = lq.to(device, non_blocking=True)
+                gt = gt.to(device, non_blocking=True)
+                if cuda:
+                    lq, gt = (lq.contiguous(memory_format=torch.channels_last),
+                              gt.contiguous(memory_format=torch.channels_last))
+                loss = train_step(model, sde, args, lq, gt, generator)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; stopped. The last good "
+                                             f"checkpoint is kept ({progress.path}); try a lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                ema.update_parameters(net)
+                step = progress.step = step + 1
 
-        if rank == 0 and (step % args.log_every == 0 or step == args.iters):
-            elapsed = time.time() - tic
-            its = (step - tic_step) / max(elapsed, 1e-9)
-            eta = (args.iters - step) / max(its, 1e-9)
-            print(f"step {step:>7d} | loss {loss.item():.5f} | {its:.2f} it/s | {its * args.batch * world:.1f} img/s"
-                  f" | lr {sched.get_last_lr()[0]:.2e} | eta {eta / 60:.1f} min", flush=True)
-            log.write(json.dumps(dict(step=step, loss=loss.item(), lr=sched.get_last_lr()[0], its=its)) + "\n")
-            log.flush()
-        if rank == 0 and (step % args.val_every == 0 or step == args.iters):
-            ema.module.eval()
-            scores = validate(ema.module, sde, config, val_set, device, step, out)
-            ema.module.train()
-            print(f"val {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
-                  f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
-                  f"(input {scores['ssim_input']:.4f})", flush=True)
-            log.write(json.dumps(dict(step=step, **scores)) + "\n")
-            log.flush()
-            tic, tic_step = time.time(), step  # keep validation out of the it/s figures
-        if rank == 0 and (step % args.save_every == 0 or step == args.iters):
-            save_checkpoint(last, step, net, ema, opt, sched, generator, config)
+                last_step = step == args.iters
+                if rank == 0 and (step % args.log_every == 0 or last_step):
+                    log_training(log, args, step, loss, sched.get_last_lr()[0], world, tic, tic_step)
+                if rank == 0 and (step % args.val_every == 0 or last_step):
+                    ema.module.eval()
+                    log_validation(log, step, validate(ema.module, sde, config, val_set, device, step, out))
+                    ema.module.train()
+                    tic, tic_step = time.time(), step  # keep validation out of the it/s figures
+                if rank == 0 and (step % args.save_every == 0 or last_step):
+                    progress.save()
+    except FloatingPointError:
+        raise  # NaN loss: resuming would fail alike; the last good checkpoint stays as it is
+    except Exception as e:
+        if rank == 0:
+            keep_progress(progress, e)
+        raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    finish(progress, stop["signal"], net, rank, world)
 
-    for sig, handler in handlers.items():
-        signal.signal(sig, handler)
+
+def log_training(log, args, step, loss, lr, world, tic, tic_step):
+    """Print and log the loss, speed and learning rate."""
+    its = (step - tic_step) / max(time.time() - tic, 1e-9)
+    eta = (args.iters - step) / max(its, 1e-9)
+    print(f"step {step:>7d} | loss {loss.item():.5f} | {its:.2f} it/s | {its * args.batch * world:.1f} img/s"
+          f" | lr {lr:.2e} | eta {eta / 60:.1f} min", flush=True)
+    log_row(log, dict(step=step, loss=loss.item(), lr=lr, its=its))
+
+
+def log_validation(log, step, scores):
+    print(f"val {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
+          f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
+          f"(input {scores['ssim_input']:.4f})", flush=True)
+    log_row(log, dict(step=step, **scores))
+
+
+def finish(progress, stopped_by, net, rank, world):
+    """After the loop: check the replicas, save a stopped run, exit 128 + signal when stopped, so
+    that `train.py ... && sample.py ...` does not go on with a half-trained model."""
     if world > 1:
         check_replicas(net)
     if rank == 0:
-        if stop["signal"] is not None:
-            save_checkpoint(last, step, net, ema, opt, sched, generator, config)
-            print(f"stopped by signal {stop['signal']} at step {step}; resume with: python train.py --resume {last}")
-        print(f"checkpoint: {last}")
-        log.close()
+        if stopped_by is not None:
+            progress.save()
+            print(f"stopped by signal {stopped_by} at step {progress.step}; resume with: "
+                  f"python train.py --resume {progress.path}")
+        print(f"checkpoint: {progress.path}")
     if dist.is_initialized():
         dist.destroy_process_group()
+    if stopped_by is not None:
+        sys.exit(128 + stopped_by)
+
+
+def cli(argv=None):
+    """main() with the project's own errors as `error: ...` and exit status 1."""
+    try:
+        main(argv)
+    except (data.DataError, FloatingPointError) as e:  # others keep their traceback
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (data.DataError, FloatingPointError) as e:  # the project's own errors; others keep their traceback
-        sys.exit(f"error: {e}")
+    cli()

@@ -360,7 +360,8 @@ def test_callback_sees_every_state_and_noise_model_x0_parameterisation():
     assert [step["t"] for step in seen] == irsde.timesteps(sde, 5)[1:]
     assert [step["i"] for step in seen] == list(range(5))
     for step in seen:  # the callback also receives the x0 prediction made at each step
-        torch.testing.assert_close(step["x0"], torch.full_like(mu, 0.5))
+        # x0 = mu + (x - mu - sqrt(v) noise) e^{theta_bar}: float32 round-off grows by up to 1 / eps
+        torch.testing.assert_close(step["x0"], torch.full_like(mu, 0.5), atol=1e-4, rtol=0)
     torch.testing.assert_close(out, torch.full_like(out, 0.5))  # DDIM lands on x0_hat at s = 0
 
 

@@ -1,7 +1,9 @@
 """Tests of sample.py: checkpoint loading, tiled inference, seeds, the CLI end to end, bad inputs."""
 import csv
+import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from PIL import Image
 
 import irsde
 import metrics
 import sample
 import train
-from data import load_image, save_image
+from data import DataError, load_image, save_image, upsample
 from unet import UNet
 
 NET = dict(width=8, mults=(1, 2), blocks=1)
@@ -38,21 +41,21 @@ def make_net(cond=True, std=0.1):
     return net.eval()
 
 
-def make_config(net, sde, task="derain", loss="ml", param="noise", sampling=None):
+def make_config(net, sde, task="derain", loss="ml", param="noise", sampling=None, scale=1):
     """A configuration in the layout of sample.make_config."""
     sampling = {"sampler": "ode" if task == "denoise" else "posterior", "steps": None, "clip_x0": False,
                 **(sampling or {})}
     return {"task": task, "loss": loss, "param": param, "sde": None if sde is None else sde.config(),
-            "net": net.config, "sampling": sampling, "args": {}}
+            "net": net.config, "scale": scale, "sampling": sampling, "args": {}}
 
 
-def save_checkpoint(path, task="derain", loss="ml", sde=None):
+def save_checkpoint(path, task="derain", loss="ml", sde=None, sampling=None, scale=1):
     """A checkpoint laid out as train.save_checkpoint writes it; returns (net, sde, config)."""
     cond = task != "denoise" and loss != "cnn"
     net = make_net(cond)
     if sde is None and loss != "cnn":
         sde = irsde.IRSDE(10 / 255, T=20)
-    config = make_config(net, sde, task, loss)
+    config = make_config(net, sde, task, loss, sampling=sampling, scale=scale)
     torch.save({"model": net.state_dict(), "ema": net.state_dict(), "optimizer": {}, "scheduler": {},
                 "step": 1, "config": config, "rng": train.rng_state(torch.Generator())},
                path)
@@ -330,17 +333,24 @@ def missing_gt(root):
     (root / "gt" / "b.png").unlink()
 
 
+def empty_checkpoint(root):
+    """An interrupted copy: torch.load raises an error without a message."""
+    (root / "ckpt.pt").write_bytes(b"")
+
+
 @pytest.mark.parametrize("damage, argv, message", [
     (None, ["--checkpoint", "{root}/nope.pt"], "nope.pt: checkpoint not found"),
+    (None, ["--checkpoint", "{root}/in"], "in: is a folder, not a checkpoint file"),
+    (empty_checkpoint, [], "ckpt.pt: checkpoint file is empty"),
     (corrupt_checkpoint, [], "ckpt.pt: not a readable torch checkpoint"),
     (strip_config, [], "ckpt.pt: checkpoint lacks 'config'"),
     (pickle_an_object, [], "ckpt.pt: not a readable torch checkpoint"),
     (widen_network, [], "ckpt.pt: checkpoint does not match"),
     (undecodable_second_image, [], "b.png: cannot decode image"),
     (small_second_gt, [], "in/b.png is 32x24 but {root}/gt/b.png is 30x24"),
-    (missing_gt, [], "has 2 images but"),
-    (None, ["--output", "{root}/in"], "output folder holds the input images"),
-    (None, ["--output", "{root}/gt/a.png/sub"], "cannot write to the output folder"),
+    (missing_gt, [], "names must match; no GT for {root}/in/b.png"),
+    (None, ["--output", "{root}/in"], "output folder holds input or GT images"),
+    (None, ["--output", "{root}/ckpt.pt/sub"], "cannot write to the output folder"),
     (None, ["--noise-sigma", "25"], "--noise-sigma applies to denoising checkpoints only"),
 ])
 def test_bad_input_is_a_clear_error(setup, damage, argv, message):
@@ -355,8 +365,10 @@ def test_bad_input_is_a_clear_error(setup, damage, argv, message):
     assert str(exit_info.value.code).startswith("error: ")
     assert message.format(root=setup) in str(exit_info.value.code)
     assert {p: p.read_bytes() for p in (setup / "in").iterdir()} == before  # inputs untouched
-    if damage in (undecodable_second_image, small_second_gt):  # images done before are kept
+    if damage in (undecodable_second_image, small_second_gt):  # images done before are kept, and their metrics
         assert (setup / "out" / "a.png").is_file() and not (setup / "out" / "b.png").exists()
+        report = json.loads((setup / "out" / "metrics.json").read_text())
+        assert [r["image"] for r in report["images"]] == ["a"] and report["complete"] is False
 
 
 def test_error_exit_status_from_the_shell(tmp_path):
@@ -366,3 +378,134 @@ def test_error_exit_status_from_the_shell(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0
     assert "error: " in result.stderr and "none.pt: checkpoint not found" in result.stderr
+
+
+# ---- what a run guarantees (issue 11) ------------------------------------------------------------
+
+def test_checkpoint_with_zero_sampling_steps_is_refused(tmp_path):
+    """train.py once stored --sample-steps 0, which returned the LQ plus noise."""
+    save_checkpoint(tmp_path / "c.pt", sampling={"steps": 0})
+    write_images(tmp_path / "in", ["a.png"])
+    argv = ["--checkpoint", tmp_path / "c.pt", "--input", tmp_path / "in", "--output", tmp_path / "out"]
+    with pytest.raises(SystemExit, match="c.pt: stores 0 sampling steps.*pass --steps N with 1 <= N <= 20"):
+        run_main(*argv)
+    run_main(*argv, "--steps", "2")
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_sr_checkpoint_upsamples_inputs_by_its_scale(tmp_path):
+    """A model trained on x4 pairs restores LQ images bicubically upsampled x4, as in training."""
+    net, sde, config = save_checkpoint(tmp_path / "x4.pt", scale=4)
+    write_images(tmp_path / "lq", ["a.png"], seed=1, size=(H // 4, W // 4))
+    write_images(tmp_path / "gt", ["a.png"], seed=2, size=(H + 3, W + 3))  # cut to 4 x LQ, as in training
+    argv = ["--checkpoint", tmp_path / "x4.pt", "--input", tmp_path / "lq", "--gt", tmp_path / "gt", "--steps", "2"]
+    run_main(*argv, "--output", tmp_path / "out")
+    lq = upsample(load_image(tmp_path / "lq" / "a.png"), (H, W))[None]
+    expected = sample.restore(net, sde, config, lq, steps=2, generator=torch.Generator().manual_seed(0))[0]
+    assert (metrics.to_uint8(load_image(tmp_path / "out" / "a.png")) == metrics.to_uint8(expected)).all()
+    write_images(tmp_path / "gt", ["a.png"], size=(H, W + 4))
+    with pytest.raises(SystemExit, match=r"is 8x6 but .*a.png is 36x24 \(this x4 checkpoint needs GT = LQ size x 4\)"):
+        run_main(*argv, "--output", tmp_path / "out2")
+
+
+def test_gt_folder_pairs_by_name_not_by_sorted_order(tmp_path):
+    save_checkpoint(tmp_path / "c.pt")
+    write_images(tmp_path / "in", ["1.png", "2.png", "10.png"], seed=1)
+    write_images(tmp_path / "gt", ["01.png", "02.png", "10.png"], seed=2)
+    base = ["--checkpoint", tmp_path / "c.pt", "--gt", tmp_path / "gt", "--steps", "1"]
+    with pytest.raises(SystemExit, match=r"no GT for .*in/1.png, .*in/2.png; no LQ for .*gt/01.png, .*gt/02.png"):
+        run_main(*base, "--input", tmp_path / "in", "--output", tmp_path / "out")
+    run_main(*base, "--input", tmp_path / "in" / "10.png", "--output", tmp_path / "out")  # a file takes its GT
+    row, = json.loads((tmp_path / "out" / "metrics.json").read_text())["images"]
+    scores = metrics.evaluate(load_image(tmp_path / "out" / "10.png"), load_image(tmp_path / "gt" / "10.png"))
+    assert row["image"] == "10" and row["psnr"] == pytest.approx(scores["psnr"])
+
+
+def test_ctrl_c_writes_metrics_of_finished_images_and_exits_130(setup, monkeypatch, capsys):
+    real, calls = sample.restore_file, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(sample, "restore_file", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        run_main("--checkpoint", setup / "ckpt.pt", "--input", setup / "in", "--gt", setup / "gt",
+                 "--output", setup / "out", "--steps", "2")
+    assert exit_info.value.code == 130 and "Traceback" not in capsys.readouterr().err
+    report = json.loads((setup / "out" / "metrics.json").read_text())
+    assert [r["image"] for r in report["images"]] == ["a"] and report["complete"] is False
+
+
+def test_outputs_never_land_among_inputs(setup):
+    write_images(setup / "res" / "compare", ["a.png"], seed=3)  # the input folder is OUTPUT/compare
+    before = (setup / "res" / "compare" / "a.png").read_bytes()
+    for argv, message in [
+        (["--input", "{root}/res/compare", "--output", "{root}/res", "--compare"],
+         "{root}/res/compare: output folder holds input or GT images"),
+        (["--input", "{root}/in", "--output", "{root}/in/sub"], "{root}/in/sub: output folder lies inside {root}/in"),
+        (["--input", "{root}/in", "--gt", "{root}/gt", "--output", "{root}/gt"], "{root}/gt: output folder holds"),
+    ]:
+        with pytest.raises(SystemExit, match=re.escape(message.format(root=setup))):
+            run_main("--checkpoint", setup / "ckpt.pt", "--steps", "1", *(a.format(root=setup) for a in argv))
+    assert (setup / "res" / "compare" / "a.png").read_bytes() == before and not (setup / "in" / "sub").exists()
+
+
+def test_colliding_output_names_are_refused():
+    with pytest.raises(DataError, match="d/x/y.png and d/x_y.png would both be written as x_y_png.png"):
+        sample.output_names([Path("d/x/y.png"), Path("d/x_y.png"), Path("d/y.png")])
+
+
+def test_steps_beyond_the_available_indices_and_flags_a_cnn_ignores_are_refused(tmp_path, capsys):
+    save_checkpoint(tmp_path / "ir.pt")
+    save_checkpoint(tmp_path / "dn.pt", task="denoise", sde=irsde.IRSDE(30 / 255, T=20, eps=0.04),
+                    sampling={"steps": 5})  # sigma 10/255: t* = 3
+    save_checkpoint(tmp_path / "cnn.pt", loss="cnn")
+    write_images(tmp_path / "in", ["n.png"], seed=1)
+    write_images(tmp_path / "gt", ["n.png"], seed=2)
+    go = lambda ckpt, *argv: run_main("--checkpoint", tmp_path / ckpt, "--input", tmp_path / "in",
+                                      "--gt", tmp_path / "gt", "--output", tmp_path / "out", *argv)
+    for ckpt, argv, message in [
+        ("ir.pt", ["--steps", "21"], r"--steps 21: must be between 1 and 20 \(T = 20\)"),
+        ("dn.pt", ["--noise-sigma", "10", "--steps", "4"], r"between 1 and 3 \(t\* = 3 for --noise-sigma 10\)"),
+        ("cnn.pt", ["--steps", "2"], "--steps: .*cnn.pt is the CNN baseline"),
+        ("cnn.pt", ["--sampler", "ddim"], "--sampler: "),
+    ]:
+        with pytest.raises(SystemExit, match=message):
+            go(ckpt, *argv)
+    go("dn.pt", "--noise-sigma", "10")  # the checkpoint's 5 steps: 3 run, and metrics.json says 3
+    assert "note: the checkpoint's 5 sampling steps exceed the 3 indices" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 3
+
+
+def test_small_tiles_warn_and_unusable_tiles_are_refused(setup, capsys):
+    base = ["--checkpoint", setup / "ckpt.pt", "--input", setup / "in" / "a.png", "--steps", "1"]
+    run_main(*base, "--output", setup / "out", "--tile", "16", "--overlap", "4")
+    assert f"warning: --tile 16 is below {sample.MIN_TILE}" in capsys.readouterr().err
+    for tile, overlap in ((0, 0), (40, 32)):
+        with pytest.raises(SystemExit, match=f"--tile {tile} --overlap {overlap}: need tile >= 1"):
+            run_main(*base, "--output", setup / "out2", "--tile", tile, "--overlap", overlap)
+    assert not (setup / "out2").exists()
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "--device gpu: expected cpu, cuda or cuda:N"),
+                                             ("cuda", "--device cuda: CUDA is not available")])
+def test_device_is_cpu_cuda_or_cuda_n_and_must_exist(setup, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit, match=message):  # not run_main: its --device cpu would win
+        sample.main(["--checkpoint", str(setup / "ckpt.pt"), "--input", str(setup / "in"),
+                     "--output", str(setup / "out"), "--device", device])
+
+
+def test_full_disk_is_a_named_error_without_temporary_files(setup, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    target = setup / "out" / "a.png"
+    with pytest.raises(SystemExit, match=re.escape(f"error: {target}: cannot write (No space left on device)")):
+        run_main("--checkpoint", setup / "ckpt.pt", "--input", setup / "in", "--output", setup / "out", "--steps", "1")
+    assert not [p for p in (setup / "out").iterdir() if p.name.endswith(".tmp")]

@@ -1,4 +1,6 @@
-"""train.py end to end on tiny settings: outputs, exact resume, DDP on CPU, losses, bad input."""
+"""train.py end to end on tiny settings: outputs, exact resume, DDP on CPU, losses, bad input,
+and what a run guarantees when it is misused, interrupted or fails."""
+import errno
 import json
 import os
 import signal
@@ -10,11 +12,42 @@ import pytest
 import torch
 
 import data
+import sample
 import train
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--preset", "tiny", "--crop", "32", "--batch", "2", "--val-images", "2", "--sample-steps", "3",
         "--log-every", "1", "--T", "20"]
+QUICK = ["--val-images", "1", "--sample-steps", "1", "--val-every", "100", "--save-every", "100"]  # after FAST
+ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The test machine's cores are shared: one thread is many times faster for tiny nets."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_pairs(root, n=2, size=32, scale=1):
+    """A GT/ + LQ/ folder of n random pairs, LQ = GT size / scale (averaged down)."""
+    g = torch.Generator().manual_seed(0)
+    for k in range(n):
+        gt = torch.rand(3, size, size, generator=g)
+        data.save_image(gt, root / "GT" / f"{k}.png")
+        data.save_image(torch.nn.functional.avg_pool2d(gt[None], scale)[0], root / "LQ" / f"{k}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sr_run(tmp_path_factory):
+    """(folder, out): 2 steps of SR training on an x4 GT/ + LQ/ folder (GT 64 x 64, LQ 16 x 16)."""
+    root = tmp_path_factory.mktemp("sr")
+    folder, out = write_pairs(root / "x4", size=64, scale=4), root / "run"
+    train.main(["--task", "sr", *FAST, *QUICK, "--iters", "2", "--data", str(folder), "--out", str(out)])
+    return folder, out
 
 
 def run(tmp, *extra, iters=4):
@@ -54,13 +87,13 @@ def test_sigterm_saves_and_resumes_exactly(tmp_path):
     """A run stopped by SIGTERM mid-way writes a checkpoint; resuming ends on the same weights."""
     args = [sys.executable, "train.py", "--task", "derain", *FAST, "--iters", "8", "--save-every", "100",
             "--val-every", "100", "--out", str(tmp_path / "killed")]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ONE_THREAD)
     for line in proc.stdout:
         if line.startswith("step"):
             proc.send_signal(signal.SIGTERM)
             break
     output = proc.stdout.read()
-    assert proc.wait(timeout=120) == 0, output
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, output  # 143: `train.py && sample.py` stops here
     stopped = torch.load(tmp_path / "killed" / "last.pt", weights_only=False)
     assert "stopped by signal" in output and stopped["step"] < 8
     train.main(["--resume", str(tmp_path / "killed" / "last.pt")])
@@ -74,8 +107,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
            "--task", "derain", *FAST, "--iters", "3", "--device", "cpu", "--out", str(out)]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=ONE_THREAD)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 replicas in sync" in result.stdout
     assert "batch 2 x 2" in result.stdout
@@ -141,5 +173,155 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 def test_cli_exit_code_and_message(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--task", "derain", "--data", str(tmp_path / "none")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, env=ONE_THREAD)
     assert result.returncode != 0 and "error:" in result.stderr and str(tmp_path / "none") in result.stderr
+
+
+# ---- what a run guarantees (issue 11) ------------------------------------------------------------
+
+def test_new_run_never_replaces_a_trained_checkpoint(sr_run):
+    folder, out = sr_run
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "metrics.jsonl")}
+    with pytest.raises(data.DataError, match=f"python train.py --resume {out / 'last.pt'}.*--out"):
+        train.main(["--task", "sr", *FAST, *QUICK, "--iters", "2", "--data", str(folder), "--out", str(out)])
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def refused(monkeypatch, tmp_path, flags, message):
+    """train.main refuses the flags with `message` before creating any output folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(data.DataError, match=message):
+        train.main(["--task", "derain", *FAST, "--iters", "2", *flags])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags", [["--sample-steps", "0"], ["--sample-steps", "-2"], ["--sample-steps", "21"]])
+def test_sample_steps_must_be_between_1_and_T(monkeypatch, tmp_path, flags):
+    refused(monkeypatch, tmp_path, flags, r"--sample-steps .*: must be between 1 and --T \(20\)")
+
+
+@pytest.mark.parametrize("flag", ["--val-every", "--save-every", "--log-every"])
+def test_zero_intervals_are_refused(monkeypatch, tmp_path, flag):
+    refused(monkeypatch, tmp_path, [flag, "0"], f"{flag} 0: must be at least 1")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--iters", "0"], "--iters 0: must be at least 1"),
+    (["--batch", "0"], "--batch 0"), (["--crop", "4"], "--crop 4: must be at least 8"),
+    (["--lr", "0"], "--lr 0.0"), (["--lr", "nan"], "--lr nan"), (["--ema", "1"], r"--ema 1.0: must be in \[0, 1\)"),
+    (["--workers", "-1"], "--workers -1"), (["--T", "0", "--sample-steps", "1"], "--T 0"),
+    (["--eps", "1"], "--eps 1.0"), (["--max-sigma", "300"], r"--max-sigma 300.0: must be in \(0, 255\]: lambda on "
+                                                             "the 0-255 scale"),
+    (["--max-sigma", "0"], "--max-sigma 0.0"), (["--milestones", "5", "0"], "--milestones 5 0"),
+    (["--val-images", "0"], "--val-images 0"), (["--seed", "-1"], "--seed -1"),
+])
+def test_every_numeric_flag_is_checked_before_any_work(monkeypatch, tmp_path, flags, message):
+    refused(monkeypatch, tmp_path, flags, message)
+
+
+@pytest.mark.parametrize("device, message", [("gpu", "--device gpu: expected cpu, cuda or cuda:N"),
+                                             ("cuda", "--device cuda: CUDA is not available")])
+def test_device_is_cpu_cuda_or_cuda_n_and_must_exist(monkeypatch, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    refused(monkeypatch, tmp_path, ["--device", device], message)
+
+
+def test_sr_checkpoint_records_the_scale_and_restores_its_folder(sr_run, tmp_path):
+    """An x4 model upsamples LQ inputs as in training: GT-sized results from the folder and from
+    the LQ images alone."""
+    folder, out = sr_run
+    assert torch.load(out / "last.pt", weights_only=False)["config"]["scale"] == 4
+    for name, source in (("pairs", folder), ("lq", folder / "LQ")):
+        sample.main(["--checkpoint", str(out / "last.pt"), "--input", str(source), "--output", str(tmp_path / name),
+                     "--device", "cpu"])
+        assert data.load_image(tmp_path / name / "0.png").shape == (3, 64, 64)
+    assert json.loads((tmp_path / "pairs" / "metrics.json").read_text())["scale"] == 4
+
+
+def test_empty_or_folder_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(data.DataError, match="empty.pt: checkpoint file is empty"):
+        train.main(["--resume", str(tmp_path / "empty.pt")])
+    with pytest.raises(data.DataError, match="is a folder, not a checkpoint file"):
+        train.main(["--resume", str(tmp_path)])
+
+
+def test_damaged_training_image_stops_the_run_before_step_1(tmp_path):
+    folder = write_pairs(tmp_path / "data", n=3)
+    damaged = folder / "GT" / "2.png"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # a valid header, truncated pixels: found only by decoding
+    with pytest.raises(data.DataError, match=f"{damaged}: cannot decode image"):  # not a worker's traceback
+        train.main(["--task", "derain", *FAST, *QUICK, "--workers", "1", "--data", str(folder),
+                    "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_after_step_1_saves_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    real, calls = train.train_step, []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_step", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        train.main(["--task", "derain", *FAST, *QUICK, "--iters", "10", "--out", str(tmp_path)])
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
+    assert f"resume with: python train.py --resume {tmp_path / 'last.pt'}" in capsys.readouterr().err
+
+
+def test_resume_refuses_flags_that_differ_from_the_run(sr_run, tmp_path):
+    folder, out = sr_run
+    path = str(out / "last.pt")
+    ckpt = train.load_resume(path)
+    for flags, named in ((["--lr", "0.5"], "--lr"), (["--lr", "0"], "--lr"), (["--data", str(tmp_path)], "--data"),
+                         (["--batch", "3"], "--batch"), (["--max-sigma", "20"], "--max-sigma")):
+        with pytest.raises(data.DataError, match=f"would ignore {named} "):
+            train.main(["--resume", path, "--iters", "4", *flags])
+    same = train.parse_args(["--resume", path, "--lr", str(ckpt["config"]["args"]["lr"]), "--data", str(folder)])
+    assert train.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
+
+
+def test_resume_of_a_finished_run_asks_for_more_iters(sr_run):
+    with pytest.raises(data.DataError, match="at step 2 already; pass --iters above it"):
+        train.main(["--resume", str(sr_run[1] / "last.pt")])
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path, monkeypatch):
+    real, calls = train.train_step, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # handled by train.py: the step finishes
+        return real(*args)
+
+    monkeypatch.setattr(train, "train_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--task", "derain", *FAST, *QUICK, "--iters", "50", "--out", str(tmp_path)])
+    assert exit_info.value.code == 130
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
+    assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_full_disk_is_a_named_error_that_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real, calls = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real(obj, f, *args, **kwargs)
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(SystemExit) as exit_info:
+        train.cli(["--task", "derain", *FAST, *QUICK, "--iters", "2", "--save-every", "1", "--out", str(tmp_path)])
+    assert str(exit_info.value.code) == f"error: {tmp_path / 'last.pt'}: cannot write (No space left on device)"
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
