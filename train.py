@@ -221,16 +221,20 @@ def init_weights(net, path, task):
 
 
 def datasets(args, rank):
-    """(train_set, val_set). Folders are decoded completely first, so that a damaged image stops
-    the run before step 1 rather than when it is first drawn, hours in."""
+    """(train_set, {name: validation set}). Without --val: the fixed synthetic set "val" and the
+    "unseen" set, degraded by generators that training never uses, on photos it never sees.
+    Folders are decoded completely first, so that a damaged image stops the run before step 1
+    rather than when it is first drawn, hours in."""
     train_set = data.make_dataset(args.task, args.data, args.crop, args.seed, "train")
-    val_set = data.make_dataset(args.task, args.val, VAL_CROP, args.seed, "val", n=args.val_images)
-    for folder, dataset in ((args.data, train_set), (args.val, val_set)):
+    splits = ["val"] if args.val else ["val", "unseen"]
+    val_sets = {split: data.make_dataset(args.task, args.val, VAL_CROP, args.seed, split, n=args.val_images)
+                for split in splits}
+    for folder, dataset in ((args.data, train_set), (args.val, val_sets["val"])):
         if folder is not None:
             if rank == 0:
                 print(f"checking the {len(dataset)} image pairs of {folder}", flush=True)
             check_images(dataset)
-    return train_set, val_set
+    return train_set, val_sets
 
 
 def check_images(dataset):
@@ -376,9 +380,10 @@ def log_row(log, row):
 # ---- validation --------------------------------------------------------------------------------
 
 @torch.no_grad()
-def validate(net, sde, config, val_set, device, step, out):
+def validate(net, sde, config, val_set, device, step, out, name="val"):
     """Mean PSNR/SSIM (RGB and Y, PAPER.md §9) of the restored and of the input images,
-    restored exactly as sample.py does; saves a picture LQ | restored | GT of the first images."""
+    restored exactly as sample.py does; saves a picture <name>_<step>.png, LQ | restored | GT,
+    of the first images."""
     args = config["args"]
     scores, rows = {"restored": [], "input": []}, []
     for k in range(min(args["val_images"], len(val_set))):
@@ -390,7 +395,7 @@ def validate(net, sde, config, val_set, device, step, out):
         scores["input"].append(metrics.evaluate(lq.clamp(0, 1), gt, crop_border=4))
         if k < 4:
             rows.append(torch.cat([lq.clamp(0, 1), restored, gt], dim=2))
-    data.save_image(torch.cat(rows, dim=1), out / f"val_{step:07d}.png")
+    data.save_image(torch.cat(rows, dim=1), out / f"{name}_{step:07d}.png")
     restored, given = sample.mean_row(scores["restored"]), sample.mean_row(scores["input"])
     return {**restored, **{f"{key}_input": value for key, value in given.items()}}
 
@@ -454,7 +459,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else Path("runs", args.task)
     check_run_folder(out, args.resume)
     rank, world, device = setup_distributed(args)
-    train_set, val_set = datasets(args, rank)
+    train_set, val_sets = datasets(args, rank)
     if rank == 0:
         data.check_writable(out, "the output folder")
     # Same seed on every rank for the weights; rank-specific noise and time draws.
@@ -466,7 +471,8 @@ def main(argv=None):
     if rank == 0 and args.data is None:
         print(f"no --data given: training on built-in synthetic {args.task} pairs (data.SyntheticPairs)")
     if rank == 0 and args.val is None:
-        export_val_set(val_set, out / "val")
+        for name, val_set in val_sets.items():
+            export_val_set(val_set, out / name)
 
     net, sde = build(args, device)
     if args.init_from and ckpt is None:  # a resumed run has its own weights
@@ -522,7 +528,8 @@ def main(argv=None):
                     log_training(log, args, step, loss, sched.get_last_lr()[0], world, tic, tic_step)
                 if rank == 0 and (step % args.val_every == 0 or last_step):
                     ema.module.eval()
-                    log_validation(log, step, validate(ema.module, sde, config, val_set, device, step, out))
+                    log_validation(log, step, {name: validate(ema.module, sde, config, val_set, device, step,
+                                                              out, name) for name, val_set in val_sets.items()})
                     ema.module.train()
                     tic, tic_step = time.time(), step  # keep validation out of the it/s figures
                 if rank == 0 and (step % args.save_every == 0 or last_step):
@@ -548,11 +555,16 @@ def log_training(log, args, step, loss, lr, world, tic, tic_step):
     log_row(log, dict(step=step, loss=loss.item(), lr=lr, its=its))
 
 
-def log_validation(log, step, scores):
-    print(f"val {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
-          f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
-          f"(input {scores['ssim_input']:.4f})", flush=True)
-    log_row(log, dict(step=step, **scores))
+def log_validation(log, step, results):
+    """One line per validation set; one metrics.jsonl row, the "unseen" scores prefixed unseen_."""
+    for name, scores in results.items():
+        print(f"{name:<6} {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
+              f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
+              f"(input {scores['ssim_input']:.4f})", flush=True)
+    row = dict(step=step)
+    for name, scores in results.items():
+        row.update(scores if name == "val" else {f"{name}_{k}": v for k, v in scores.items()})
+    log_row(log, row)
 
 
 def finish(progress, stopped_by, net, rank, world):

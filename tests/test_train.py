@@ -66,6 +66,10 @@ def test_end_to_end_writes_checkpoint_log_and_picture(tmp_path):
     picture = data.load_image(tmp_path / "val_0000004.png")
     assert picture.shape == (3, 2 * train.VAL_CROP, 3 * train.VAL_CROP)  # two rows of LQ | restored | GT
     assert len(data.find_pairs(tmp_path / "val")) == 2  # the validation set, exported for sample.py
+    # the unseen set: validated, pictured and exported beside it
+    assert {"unseen_psnr_y", "unseen_psnr_y_input"} <= set(rows[-1])
+    assert data.load_image(tmp_path / "unseen_0000004.png").shape == picture.shape
+    assert len(data.find_pairs(tmp_path / "unseen")) == 2
     from unet import UNet
     net = UNet(**config["net"])
     net.load_state_dict(ckpt["ema"])
