@@ -19,14 +19,6 @@ from data import DataError
 SEEDS = st.integers(0, 2**32 - 1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run the degradations single-threaded, as the datasets do (data._single_threaded):
-    on a busy 2-core machine intra-op threads on these small tensors cost ~30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 FEW = settings(max_examples=8, deadline=None)
 
 

@@ -24,15 +24,6 @@ NET = dict(width=8, mults=(1, 2), blocks=1)
 H, W = 24, 32  # test images: big enough for SSIM after the 4-pixel border crop
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine's cores are shared: one thread is several times faster for tiny nets."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_net(cond=True, std=0.1):
     """Tiny UNet whose zero-initialised last layer is randomised, so its output is not 0."""
     torch.manual_seed(0)

@@ -13,16 +13,6 @@ SEEDS = st.integers(0, 2**32 - 1)
 FEW = settings(max_examples=8, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run the generators single-threaded, as the datasets do (data._single_threaded):
-    on a busy 2-core machine intra-op threads on these small tensors cost ~30x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def psnr(a, b):
     mse = torch.mean((a.double() - b.double()) ** 2).item()
     return 10 * np.log10(1.0 / max(mse, 1e-12))

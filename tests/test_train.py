@@ -22,15 +22,6 @@ QUICK = ["--val-images", "1", "--sample-steps", "1", "--val-every", "100", "--sa
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: one thread is many times faster for tiny nets."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_pairs(root, n=2, size=32, scale=1):
     """A GT/ + LQ/ folder of n random pairs, LQ = GT size / scale (averaged down)."""
     g = torch.Generator().manual_seed(0)
