@@ -28,14 +28,18 @@ down/upsampling convs, the attention output convs and the final conv have a bias
 Presets (parameters with cond=True; tests/test_unet.py checks them):
     paper  width 64, mults 1-2-4-8-16, 2 blocks, attention everywhere    137,147,523
     small  width 32, mults 1-2-2-4-4,  2 blocks, attention at levels 2-3   5,114,531
-    tiny   width 32, mults 1-2-2-2-2,  1 block,  attention in bottleneck   1,430,627
+    tiny   width 32, mults 1-2-2-2-2,  1 block,  attention in bottleneck,  1,435,267
+           pre-activation GroupNorm blocks
 
+preact=True (the tiny preset) swaps the authors' ResBlock for the pre-activation GroupNorm block
+of DDPM/ADM: without normalisation the narrow network did not restore within the CPU budget.
 One deliberate difference, in every preset: the final conv is zero-initialised (zero_out=True),
 so an untrained network outputs 0, the mean of the noise it predicts, and the CNN baseline's
 residual mu + net(mu) starts as the identity. It changes neither the architecture nor the weight
 names. Images smaller than the padding (e.g. 5 x 7 with depth 4) are replicate-padded: reflect
 padding needs pad < size.
 """
+import functools
 import math
 import re
 
@@ -51,8 +55,9 @@ PRESETS = {
     # between the two: two blocks per level, attention at the two coarsest levels
     "small": dict(width=32, mults=(1, 2, 2, 4, 4), blocks=2, attn=(False, False, True, True),
                   mid_attn="linear"),
-    # CPU runs: batch 8 of 64 x 64 crops
-    "tiny": dict(width=32, mults=(1, 2, 2, 2, 2), blocks=1, attn=False, mid_attn="linear"),
+    # CPU runs: batch 8 of 64 x 64 crops; pre-activation GroupNorm blocks (measured in the README:
+    # +1.9 dB PSNR-Y on the validation set after the quick start's 1200 steps)
+    "tiny": dict(width=32, mults=(1, 2, 2, 2, 2), blocks=1, attn=False, mid_attn="linear", preact=True),
 }
 
 
@@ -99,22 +104,34 @@ class ChannelNorm(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """SiLU(conv2(SiLU(conv1(x) * (1 + scale) + shift))) + skip(x); scale/shift from t's embedding.
-
-    The step index t tells the block how much noise is left in x (PAPER.md section 8).
+    """The authors' block: SiLU(conv2(SiLU(conv1(x) * (1 + scale) + shift))) + skip(x).
+    preact=True: the pre-activation GroupNorm block of DDPM/ADM (conv biases included),
+    skip(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))) * (1 + scale) + shift)). scale/shift come from
+    t's embedding: the step index tells the block how much noise is left in x (PAPER.md §8).
     """
 
-    def __init__(self, c_in, c_out, t_dim):
+    def __init__(self, c_in, c_out, t_dim, preact=False):
         super().__init__()
+        self.preact = preact
         self.time = nn.Linear(t_dim, 2 * c_out)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
-        self.skip = nn.Conv2d(c_in, c_out, 1, bias=False) if c_in != c_out else nn.Identity()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=preact)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=preact)
+        self.skip = nn.Conv2d(c_in, c_out, 1, bias=preact) if c_in != c_out else nn.Identity()
+        if preact:
+            self.norm1, self.norm2 = _group_norm(c_in), _group_norm(c_out)
 
     def forward(self, x, emb):
         scale, shift = self.time(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        if self.preact:
+            h = self.norm2(self.conv1(F.silu(self.norm1(x)))) * (1 + scale) + shift
+            return self.skip(x) + self.conv2(F.silu(h))
         h = F.silu(self.conv1(x) * (1 + scale) + shift)
         return F.silu(self.conv2(h)) + self.skip(x)
+
+
+def _group_norm(ch):
+    """Up to 32 groups of at least 2 channels: statistics stay defined on a 1 x 1 bottleneck."""
+    return nn.GroupNorm(math.gcd(32, ch // 2), ch, eps=1e-6)
 
 
 class Attention(nn.Module):
@@ -153,9 +170,9 @@ class Attention(nn.Module):
 class DownLevel(nn.Module):
     """ResBlocks at c channels, attention, then `down` to c_next (stride 2 unless deepest)."""
 
-    def __init__(self, c, c_next, blocks, attn, t_dim, deepest):
+    def __init__(self, c, c_next, blocks, attn, block, deepest):
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(c, c, t_dim) for _ in range(blocks))
+        self.blocks = nn.ModuleList(block(c, c) for _ in range(blocks))
         self.attn = Attention(c) if attn else nn.Identity()
         if deepest:
             self.down = nn.Conv2d(c, c_next, 3, padding=1, bias=False)
@@ -174,9 +191,9 @@ class DownLevel(nn.Module):
 class UpLevel(nn.Module):
     """Mirror of DownLevel: ResBlocks on cat(x, skip) at c channels, attention, `up` to c_skip."""
 
-    def __init__(self, c_skip, c, blocks, attn, t_dim, top):
+    def __init__(self, c_skip, c, blocks, attn, block, top):
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(c + c_skip, c, t_dim) for _ in range(blocks))
+        self.blocks = nn.ModuleList(block(c + c_skip, c) for _ in range(blocks))
         self.attn = Attention(c) if attn else nn.Identity()
         if top:
             self.up = nn.Conv2d(c, c_skip, 3, padding=1, bias=False)
@@ -203,7 +220,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_ch=3, out_ch=3, width=64, mults=(1, 2, 4, 8, 16), blocks=2, attn=True,
-                 mid_attn="auto", cond=True, zero_out=True):
+                 mid_attn="auto", cond=True, zero_out=True, preact=False):
         super().__init__()
         mults = [int(m) for m in mults]
         depth = len(mults) - 1
@@ -212,24 +229,26 @@ class UNet(nn.Module):
             mid_attn = "linear" if cond else "softmax"
         _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_attn)
         self.config = dict(in_ch=in_ch, out_ch=out_ch, width=width, mults=mults, blocks=blocks,
-                           attn=attn, mid_attn=mid_attn, cond=bool(cond), zero_out=bool(zero_out))
+                           attn=attn, mid_attn=mid_attn, cond=bool(cond), zero_out=bool(zero_out),
+                           preact=bool(preact))
         self.in_ch, self.cond, self.depth = in_ch, bool(cond), depth
         chans = [width * m for m in mults]
         t_dim = 4 * width
+        block = functools.partial(ResBlock, t_dim=t_dim, preact=preact)
         self.time_mlp = nn.Sequential(SinusoidalEmbedding(width), nn.Linear(width, t_dim),
                                       nn.GELU(), nn.Linear(t_dim, t_dim))
         self.init_conv = nn.Conv2d(in_ch * (2 if cond else 1), chans[0], 7, padding=3, bias=False)
         self.downs = nn.ModuleList(
-            DownLevel(chans[i], chans[i + 1], blocks, attn[i], t_dim, deepest=i == depth - 1)
+            DownLevel(chans[i], chans[i + 1], blocks, attn[i], block, deepest=i == depth - 1)
             for i in range(depth))
-        self.mid_block1 = ResBlock(chans[-1], chans[-1], t_dim)
+        self.mid_block1 = block(chans[-1], chans[-1])
         self.mid_attn = (nn.Identity() if mid_attn == "none"
                          else Attention(chans[-1], linear=mid_attn == "linear"))
-        self.mid_block2 = ResBlock(chans[-1], chans[-1], t_dim)
+        self.mid_block2 = block(chans[-1], chans[-1])
         self.ups = nn.ModuleList(
-            UpLevel(chans[i], chans[i + 1], blocks, attn[i], t_dim, top=i == 0)
+            UpLevel(chans[i], chans[i + 1], blocks, attn[i], block, top=i == 0)
             for i in reversed(range(depth)))
-        self.final_block = ResBlock(2 * chans[0], chans[0], t_dim)
+        self.final_block = block(2 * chans[0], chans[0])
         self.final_conv = nn.Conv2d(chans[0], out_ch, 3, padding=1)
         if zero_out:  # gradients still reach the final conv: they depend on its input
             nn.init.zeros_(self.final_conv.weight)
