@@ -3,6 +3,8 @@
     python bench.py train [--device cuda] [--compile]       # training throughput and peak memory
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
+    python bench.py ablate [--quick] [--device cuda]         # the paper's claims at laptop scale
+    python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
 `train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
 the presets' batch and crop, with the precision train.py picks for the device. `sample` restores
@@ -11,12 +13,20 @@ the fixed synthetic validation set with every sampler at 100, 50, 20, 10 and 5 e
 (Algolzw/image-restoration-sde; nothing is downloaded) next to this code's paper network holding
 the same weights: output agreement, training images/s (batch 4, 128 x 128, ML loss) and seconds
 per 256 x 256 restoration.
+
+`ablate` trains the tiny recipe with one change per variant (the paper's Fig. 10, Fig. 11, Tables
+1-4, and lambda), validates each on the synthetic and `unseen` sets, and writes ablate.jsonl and
+ablate.md in --out (default runs/ablate). A finished variant is not retrained; an interrupted one
+resumes from its last checkpoint. It then restores the validation set with every sampler at 1 to
+100 network evaluations, and evaluates the denoising variant started at t* against the full
+process. `figures` draws assets/figures/*.png from those files.
 """
 import argparse
 import importlib
 import importlib.util
 import platform
 import sys
+import json
 import time
 import types
 from pathlib import Path
@@ -189,9 +199,241 @@ def bench_reference(args, device):
         print(f"| irsde | {precision} | {our_train:.1f} | {ours_100:.3f} | {ours_10:.3f} | {ours_5:.3f} |", flush=True)
 
 
-def main():
+# ---- ablation: the paper's claims at laptop scale ---------------------------------------------
+
+def ablation_variants(task_default):
+    """(name, task, train.py flags, seeds): the tiny recipe with one change each. lambda is halved
+    and doubled around the task's default (train.TASK_SDE)."""
+    lam = task_default["max_sigma"]
+    return [
+        ("IR-SDE (tiny recipe)", "derain", [], (0, 1)),
+        ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
+        ("ML loss with the Euler-Maruyama step (paper)", "derain", ["--loss", "ml"], (0,)),
+        ("noise matching, eq. 10", "derain", ["--loss", "noise"], (0,)),
+        ("linear schedule", "derain", ["--schedule", "linear"], (0,)),
+        ("constant schedule", "derain", ["--schedule", "constant"], (0,)),
+        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}"], (0,)),
+        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}"], (0,)),
+        ("denoising SDE, sigma 25", "denoise", [], (0,)),
+    ]
+
+
+QUICK_FLAGS = ["--iters", "2", "--crop", "16", "--batch", "2", "--T", "10", "--sample-steps", "2",
+               "--val-images", "1", "--val-every", "1", "--log-every", "1"]
+NFE = (1, 2, 5, 10, 20, 50, 100)
+
+
+def run_folder(root, name, seed):
+    return root / ("".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+                   + f"_s{seed}")
+
+
+def train_variant(folder, task, flags, seed, args):
+    """Train one variant in `folder` with train.main; a finished run is kept, an interrupted one
+    resumed. Returns (wall seconds of this call, 0 when nothing was left to train)."""
+    last = folder / "last.pt"
+    iters = ["--iters", str(args.iters)] if args.iters else []
+    if last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        if ckpt["step"] >= ckpt["config"]["args"]["iters"]:
+            print(f"{folder}: finished already (step {ckpt['step']}), kept", flush=True)
+            return 0.0
+        argv = ["--resume", str(last), "--device", args.device]
+    else:
+        if (folder / "metrics.jsonl").exists():  # stopped before its first checkpoint: start again
+            (folder / "metrics.jsonl").unlink()
+        argv = ["--task", task, "--preset", "tiny", "--seed", str(seed), "--device", args.device,
+                "--val-every", str(args.val_every), "--out", str(folder), *flags,
+                *(QUICK_FLAGS if args.quick else []), *iters]
+    print(f"\n== {folder.name}: python train.py {' '.join(argv)}", flush=True)
+    start = time.perf_counter()
+    train.main(argv)
+    return time.perf_counter() - start
+
+
+def last_validation(folder):
+    """The final validation row of a run's metrics.jsonl, and its (step, PSNR-Y) curve."""
+    rows = [json.loads(line) for line in open(folder / "metrics.jsonl") if '"psnr"' in line]
+    return rows[-1], [(r["step"], r["psnr_y"], r.get("unseen_psnr_y")) for r in rows]
+
+
+def restore_batch(net, sde, config, pairs, sampler, steps, device, seed=0, **kwargs):
+    """Mean PSNR-Y over pairs restored as one batch (one generator, seeded)."""
+    lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
+    generator = torch.Generator(device).manual_seed(seed)
+    out = sample.restore(net, sde, config, lq, sampler=sampler, steps=steps, generator=generator, **kwargs)
+    return sum(metrics.psnr(o, g, y=True) for o, g in zip(out.cpu(), gt.cpu())) / len(pairs)
+
+
+def nfe_sweep(folder, device, quick):
+    """PSNR-Y on the synthetic validation set against network evaluations, for every sampler."""
+    net, sde, config = sample.load_checkpoint(folder / "last.pt", device)
+    n = config["args"]["val_images"]
+    val_set = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val", n=n)
+    pairs = [val_set[k] for k in range(len(val_set))]
+    rows = []
+    for sampler in irsde.SAMPLERS:
+        for steps in [s for s in NFE if s <= sde.T][: 2 if quick else None]:
+            rows.append(dict(kind="nfe", sampler=sampler, nfe=steps,
+                             psnr_y=restore_batch(net, sde, config, pairs, sampler, steps, device)))
+            print(f"nfe: {sampler:<9} {steps:>3} evaluations | PSNR-Y {rows[-1]['psnr_y']:.2f}", flush=True)
+    return rows
+
+
+def denoise_starts(folder, device):
+    """Table 4: the denoising SDE and ODE started at t* (every index from there) against the full
+    process, which first adds noise to reach the marginal at T (x0 + sqrt(v_T) z; exact in law, as
+    x_t* = x0 + sqrt(v_t*) z) and then runs all T steps."""
+    net, sde, config = sample.load_checkpoint(folder / "last.pt", device)
+    val_set = data.make_dataset("denoise", crop=train.VAL_CROP, split="val", n=config["args"]["val_images"])
+    pairs = [val_set[k] for k in range(len(val_set))]
+    t_star, sigma = sde.start_index(data.NOISE_SIGMA), data.NOISE_SIGMA
+    rows = [dict(kind="denoise", start=f"t* = {t_star}", sampler=sampler, nfe=t_star,
+                 psnr_y=restore_batch(net, sde, config, pairs, sampler, t_star, device, noise_sigma=sigma))
+            for sampler in ("ode", "sde")]
+    lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
+    generator = torch.Generator(device).manual_seed(0)
+    v_T = float(sde.v[-1])
+    x_T = lq + (v_T - sigma**2) ** 0.5 * torch.randn(lq.shape, generator=generator, device=device)
+    model = irsde.noise_model(sample.network(net, device), sde, config["param"])
+    for sampler in ("sde", "ode"):
+        out = irsde._sampler(sampler)(model, sde, x_T, None, irsde.timesteps(sde), generator=generator,
+                                      clip_x0=config["sampling"]["clip_x0"]).clamp(0, 1)
+        rows.append(dict(kind="denoise", start=f"T = {sde.T}", sampler=sampler, nfe=sde.T,
+                         psnr_y=sum(metrics.psnr(o, g, y=True) for o, g in zip(out.cpu(), gt.cpu())) / len(gt)))
+    rows.append(dict(kind="denoise", start="input", sampler="-", nfe=0,
+                     psnr_y=sum(metrics.psnr(lq_.clamp(0, 1), g, y=True) for lq_, g in pairs) / len(pairs)))
+    return rows
+
+
+def ablation_table(rows):
+    """Markdown: one line per run, then the samplers' sweep and the denoising starts."""
+    lines = ["| variant | seed | steps | `val` PSNR-Y / PSNR / SSIM | `unseen` PSNR-Y / PSNR / SSIM "
+             "| worst colour shift (/255) | train s |", "|---|---|---|---|---|---|---|"]
+    runs = [r for r in rows if r["kind"] == "run"]
+    if runs:
+        v = runs[0]["val"]
+        lines.append(f"| input (LQ) | | | {v['psnr_y_input']:.2f} / {v['psnr_input']:.2f} / {v['ssim_input']:.3f} "
+                     f"| {runs[0]['unseen'].get('psnr_y_input', float('nan')):.2f} / "
+                     f"{runs[0]['unseen'].get('psnr_input', float('nan')):.2f} / "
+                     f"{runs[0]['unseen'].get('ssim_input', float('nan')):.3f} | {v.get('shift_max_input', float('nan')):.1f} | |")
+    for r in runs:
+        v, u = r["val"], r["unseen"]
+        unseen = f"{u['psnr_y']:.2f} / {u['psnr']:.2f} / {u['ssim']:.3f}" if u else "-"
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['step']} | {v['psnr_y']:.2f} / {v['psnr']:.2f} / "
+                     f"{v['ssim']:.3f} | {unseen} | {v.get('shift_max', float('nan')):.1f} | {r['wall_s']:.0f} |")
+    nfe = [r for r in rows if r["kind"] == "nfe"]
+    if nfe:
+        counts = sorted({r["nfe"] for r in nfe})
+        lines += ["", "| sampler (`val` PSNR-Y) | " + " | ".join(f"{n} NFE" for n in counts) + " |",
+                  "|---|" + "---|" * len(counts)]
+        for sampler in dict.fromkeys(r["sampler"] for r in nfe):
+            by = {r["nfe"]: r["psnr_y"] for r in nfe if r["sampler"] == sampler}
+            lines.append(f"| {sampler} | " + " | ".join(f"{by[n]:.2f}" if n in by else "" for n in counts) + " |")
+    den = [r for r in rows if r["kind"] == "denoise"]
+    if den:
+        lines += ["", "| denoising (sigma 25, `val`) | start | NFE | PSNR-Y |", "|---|---|---|---|"]
+        lines += [f"| {r['sampler']} | {r['start']} | {r['nfe']} | {r['psnr_y']:.2f} |" for r in den]
+    return "\n".join(lines) + "\n"
+
+
+def bench_ablate(args, device):
+    root = Path(args.out or "runs/ablate")
+    root.mkdir(parents=True, exist_ok=True)
+    rows, start = [], time.perf_counter()
+    done = [json.loads(line) for line in open(root / "ablate.jsonl")] if (root / "ablate.jsonl").exists() else []
+    for name, task, flags, seeds in ablation_variants(train.TASK_SDE["derain"]):
+        for seed in seeds:
+            folder = run_folder(root, name, seed)
+            wall = train_variant(folder, task, flags, seed, args)
+            final, curve = last_validation(folder)
+            val = {k: v for k, v in final.items() if not k.startswith("unseen_") and k != "step"}
+            unseen = {k[len("unseen_"):]: v for k, v in final.items() if k.startswith("unseen_")}
+            earlier = [r["wall_s"] for r in done if r.get("folder") == folder.name and r["kind"] == "run"]
+            rows.append(dict(kind="run", variant=name, task=task, flags=flags, seed=seed, folder=folder.name,
+                             step=final["step"], wall_s=wall or (earlier[0] if earlier else 0.0),
+                             val=val, unseen=unseen, curve=curve))
+            write_ablation(root, rows)
+    base = run_folder(root, ablation_variants(train.TASK_SDE["derain"])[0][0], 0)
+    rows += nfe_sweep(base, device, args.quick)
+    den = ablation_variants(train.TASK_SDE["derain"])[-1]
+    rows += denoise_starts(run_folder(root, den[0], 0), device)
+    write_ablation(root, rows)
+    print(f"\n{ablation_table(rows)}\nablation: {time.perf_counter() - start:.0f} s here "
+          f"({machine(device)}); {root / 'ablate.jsonl'}, {root / 'ablate.md'}", flush=True)
+
+
+def write_ablation(root, rows):
+    """ablate.jsonl and ablate.md, each replaced whole (written aside, then renamed)."""
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    data.atomic_write(root / "ablate.jsonl", lambda f: f.write(text.encode()))
+    data.atomic_write(root / "ablate.md", lambda f: f.write(ablation_table(rows).encode()))
+
+
+# ---- figures ----------------------------------------------------------------------------------
+
+def bench_figures(args, device):
+    root, out = Path(args.out or "runs/ablate"), Path(args.figures)
+    if not (root / "ablate.jsonl").exists():
+        raise SystemExit(f"{root / 'ablate.jsonl'}: not found; run python bench.py ablate first")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("bench.py figures needs matplotlib, an optional extra for this command only: "
+                         "pip install matplotlib (train.py, sample.py and the tests do not use it)")
+    rows = [json.loads(line) for line in open(root / "ablate.jsonl")]
+    out.mkdir(parents=True, exist_ok=True)
+    runs = {(r["variant"], r["seed"]): r for r in rows if r["kind"] == "run"}
+    names = list(dict.fromkeys(name for name, _ in runs))
+    panels = [("loss (Fig. 10)", [n for n in names if "IR-SDE" in n or "noise" in n or "CNN" in n or "ML" in n]),
+              ("theta schedule (Fig. 11)", [n for n in names if "IR-SDE" in n or "schedule" in n]),
+              ("lambda", [n for n in names if "IR-SDE" in n or "lambda" in n])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True)
+    for ax, (title, chosen) in zip(axes, panels):
+        for name in chosen:
+            for seed in (0, 1):
+                if (name, seed) in runs:
+                    steps, psnr, _ = zip(*runs[name, seed]["curve"])
+                    ax.plot(steps, psnr, marker="o", label=f"{name}, seed {seed}")
+        ax.axhline(next(iter(runs.values()))["val"]["psnr_y_input"], color="gray", ls=":", label="input")
+        ax.set(title=title, xlabel="training step")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("val PSNR-Y (dB)")
+    save_figure(fig, out / "training.png")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    nfe = [r for r in rows if r["kind"] == "nfe"]
+    for sampler in dict.fromkeys(r["sampler"] for r in nfe):
+        points = [(r["nfe"], r["psnr_y"]) for r in nfe if r["sampler"] == sampler]
+        ax.plot(*zip(*points), marker="o", label=sampler)
+    ax.set(xscale="log", xlabel="network evaluations", ylabel="val PSNR-Y (dB)", title="samplers (IR-SDE, seed 0)")
+    ax.legend()
+    save_figure(fig, out / "samplers.png")
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
+    for schedule in ("cosine", "linear", "constant"):
+        sde = irsde.IRSDE(train.TASK_SDE["derain"]["max_sigma"] / 255, 100, schedule, 0.005)
+        for ax, values, label in zip(axes, (sde.theta_rate, sde.theta_bar, sde.v.sqrt() * 255),
+                                     ("theta_i", "theta_bar_i", "sqrt(v_i) (0-255 scale)")):
+            ax.plot(values.numpy(), label=schedule)
+            ax.set(xlabel="i", title=label)
+    axes[0].legend()
+    save_figure(fig, out / "schedules.png")
+
+
+def save_figure(fig, path):
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    data.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "sample", "reference"])
+    p.add_argument("what", choices=["train", "sample", "reference", "ablate", "figures"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (train)")
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="train.py presets to time (train)")
@@ -199,13 +441,23 @@ def main():
     p.add_argument("--reference", help="checkout of Algolzw/image-restoration-sde (reference)")
     p.add_argument("--samplers", nargs="*", default=["posterior", "ddim", "sde", "ode"])
     p.add_argument("--steps", type=int, nargs="*", default=[100, 50, 20, 10, 5])
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
+    p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
+    p.add_argument("--val-every", type=int, default=200, help="validation interval of each variant (ablate)")
+    p.add_argument("--out", help="ablation folder (ablate, figures; default runs/ablate)")
+    p.add_argument("--figures", default="assets/figures", help="where figures writes its PNG files")
+    args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.what == "sample" and not args.checkpoint:
         p.error("sample needs --checkpoint")
     if args.what == "reference" and not args.reference:
         p.error("reference needs --reference PATH (a checkout of the authors' repository)")
-    {"train": bench_train, "sample": bench_sample, "reference": bench_reference}[args.what](args, device)
+    run = {"train": bench_train, "sample": bench_sample, "reference": bench_reference,
+           "ablate": bench_ablate, "figures": bench_figures}[args.what]
+    try:
+        run(args, device)
+    except data.DataError as e:
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

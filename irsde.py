@@ -216,14 +216,25 @@ class IRSDE:
         """L_gamma of eq. 10 with gamma_t = 1: mean squared error of the predicted noise."""
         return F.mse_loss(noise_pred, noise)
 
-    def ml_loss(self, x, mu, x0, noise_pred, t, weighting="uniform"):
-        """J_gamma of eq. 15: L1 between the reverse-SDE mean and x*_{t-1} (mu=None: the denoising SDE).
+    def ml_loss(self, x, mu, x0, noise_pred, t, weighting="uniform", step="sde"):
+        """J_gamma of eq. 15: L1 between the model's reverse step mean and x*_{t-1} (mu=None: the
+        denoising SDE).
 
+        step "sde" is the paper's (dx_t)_phi, the Euler-Maruyama mean of eq. 7. Its x0 target is not
+        x0: the x0_hat whose Euler-Maruyama mean equals x*_{t-1} carries x_t's noise, the more so
+        near T (README, "The CPU preset"). step "posterior" takes the mean of the posterior step
+        the samplers use, eq. 14 with x0_hat, so the loss is B_t |x0_hat - x0|, minimised by x0.
         weighting "uniform" is the reference's gamma_t = 1. "x0" sets gamma_t = 1 / B_t, B_t the
         coefficient of x0 in eq. 14, so that an error in the implied x0 counts the same at every
         step; with gamma_t = 1 the steps near T (B_t ~ eps) hardly train, yet few-step samplers
         lean on the x0 predicted there."""
-        error = (self.reverse_sde_mean(x, mu, noise_pred, t) - self.optimal_reverse(x, mu, x0, t)).abs()
+        if step == "sde":
+            mean = self.reverse_sde_mean(x, mu, noise_pred, t)
+        elif step == "posterior":
+            mean = self.optimal_reverse(x, mu, self.x0_from_noise(x, mu, noise_pred, t), t)
+        else:
+            raise ValueError(f"unknown ML loss step {step!r}: choose sde or posterior")
+        error = (mean - self.optimal_reverse(x, mu, x0, t)).abs()
         if weighting == "x0":
             A, B, _ = self._reverse_coefficients(x, t, t - 1)
             error = error / ((1 - A) if mu is None else B)  # mu=None: x*_{t-1} = A (x_t - x0) + x0

@@ -136,6 +136,12 @@ def evaluate(restored, gt, crop_border=4):
     }
 
 
+def colour_shift(restored, gt):
+    """Largest difference of a channel's mean, restored against GT, on the 0-255 scale: a colour
+    cast or brightness shift that PSNR spreads over all pixels. Tensors (3,H,W) in [0, 1]."""
+    return float((restored.double() - gt.double()).mean(dim=(-2, -1)).abs().max()) * 255
+
+
 @functools.cache
 def _lpips_net():
     """The AlexNet LPIPS model if the package and all its weights are already on disk, else None."""

@@ -51,16 +51,16 @@ TASK_SDE = {
     "dehaze": dict(max_sigma=30, eps=0.005), "denoise": dict(max_sigma=70, eps=0.04),
 }
 
-# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in about 10 minutes;
+# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in about 6 minutes;
 # see the README for what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4,
-                  milestones=[200_000, 400_000, 600_000], loss="ml", param="noise", weighting="uniform", ema=0.995,
+                  milestones=[200_000, 400_000, 600_000], loss="ml", param="noise", weighting="uniform", t_draw="uniform", ema=0.995,
                   T=100, schedule="cosine", clip_x0=False, sampler="posterior", sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
-    "tiny": dict(net="tiny", iters=1200, batch=8, crop=64, lr=1e-3,
-                 milestones=[800, 1000], loss="ml", param="x0", weighting="x0", ema=0.99,
-                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=5,
+    "tiny": dict(net="tiny", iters=800, batch=8, crop=64, lr=1e-3,
+                 milestones=[550, 700], loss="ml-posterior", param="x0", weighting="x0", t_draw="uniform", ema=0.99,
+                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=3,
                  log_every=100, val_every=400, save_every=400, workers=0),
 }
 
@@ -80,10 +80,13 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, help="seeds every random source (default: 0)")
     p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
-    p.add_argument("--loss", choices=["ml", "noise", "cnn"],
-                   help="ml: eq. 15; noise: eq. 10; cnn: the paper's CNN baseline (L1, LQ -> HQ)")
+    p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
+                   help="ml: eq. 15 (Euler-Maruyama mean, paper); ml-posterior: eq. 15 with the posterior "
+                   "step's mean (eq. 14 with x0_hat); noise: eq. 10; cnn: the paper's CNN baseline (L1, LQ -> HQ)")
     p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
     p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
+    p.add_argument("--t-draw", choices=["uniform", "sampler"],
+                   help="training indices: uniform on 1..T (paper) or only the --sample-steps indices the sampler evaluates")
     p.add_argument("--net", help="unet preset: paper, small, tiny")
     p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
                    + ", ".join(f"{k} {v['max_sigma']}" for k, v in TASK_SDE.items()) + ")")
@@ -168,6 +171,8 @@ def check_args(args):
             value = getattr(args, name.replace("-", "_"))
             shown = " ".join(map(str, value)) if isinstance(value, list) else value  # --milestones
             raise data.DataError(f"--{name} {shown}: must be {rule}")
+    if getattr(args, "t_draw", "uniform") == "sampler" and args.task == "denoise":
+        raise data.DataError("--t-draw sampler: denoising starts at t* of each noise level; use uniform")
     args.device = str(sample.check_device(args.device))
     if "RANK" in os.environ and args.device.startswith("cuda:"):
         raise data.DataError(f"--device {args.device}: under torchrun each process uses the GPU of its "
@@ -382,10 +387,10 @@ def log_row(log, row):
 @torch.no_grad()
 def validate(net, sde, config, val_set, device, step, out, name="val"):
     """Mean PSNR/SSIM (RGB and Y, PAPER.md §9) of the restored and of the input images,
-    restored exactly as sample.py does; saves a picture <name>_<step>.png, LQ | restored | GT,
-    of the first images."""
+    restored exactly as sample.py does, and the worst colour shift over the images (shift_max,
+    metrics.colour_shift); saves a picture <name>_<step>.png, LQ | restored | GT, of the first images."""
     args = config["args"]
-    scores, rows = {"restored": [], "input": []}, []
+    scores, rows, shifts = {"restored": [], "input": []}, [], {"restored": [], "input": []}
     for k in range(min(args["val_images"], len(val_set))):
         lq, gt = val_set[k]
         generator = torch.Generator(device).manual_seed(args["seed"])  # as sample.py: one per image
@@ -393,10 +398,13 @@ def validate(net, sde, config, val_set, device, step, out, name="val"):
                                   noise_sigma=data.NOISE_SIGMA)[0].float().cpu()
         scores["restored"].append(metrics.evaluate(restored, gt, crop_border=4))
         scores["input"].append(metrics.evaluate(lq.clamp(0, 1), gt, crop_border=4))
+        shifts["restored"].append(metrics.colour_shift(restored, gt))
+        shifts["input"].append(metrics.colour_shift(lq.clamp(0, 1), gt))
         if k < 4:
             rows.append(torch.cat([lq.clamp(0, 1), restored, gt], dim=2))
     data.save_image(torch.cat(rows, dim=1), out / f"{name}_{step:07d}.png")
-    restored, given = sample.mean_row(scores["restored"]), sample.mean_row(scores["input"])
+    restored = {**sample.mean_row(scores["restored"]), "shift_max": max(shifts["restored"])}
+    given = {**sample.mean_row(scores["input"]), "shift_max": max(shifts["input"])}
     return {**restored, **{f"{key}_input": value for key, value in given.items()}}
 
 
@@ -418,12 +426,22 @@ def train_step(net, sde, args, lq, gt, generator):
     if args.loss == "cnn":
         return F.l1_loss(lq + forward(lq, None, None), gt)
     mu = None if args.task == "denoise" else lq           # denoising SDE: mu = x0 (Sec. 4.3)
-    t = torch.randint(1, sde.T + 1, (gt.shape[0],), generator=generator, device=gt.device)
+    t = draw_indices(sde, args, gt.shape[0], generator, gt.device)
     x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
     noise_pred = irsde.noise_model(forward, sde, args.param)(x_t, mu, t)
     if args.loss == "noise":
         return sde.noise_matching_loss(noise_pred, noise)
-    return sde.ml_loss(x_t, mu, gt, noise_pred, t, args.weighting)
+    step = "posterior" if args.loss == "ml-posterior" else "sde"
+    return sde.ml_loss(x_t, mu, gt, noise_pred, t, args.weighting, step)
+
+
+def draw_indices(sde, args, n, generator, device):
+    """Training indices t: uniform on 1..T (the paper), or uniform over the indices the few-step
+    sampler evaluates (timesteps(sde, --sample-steps) without its final 0)."""
+    if getattr(args, "t_draw", "uniform") == "uniform":  # checkpoints before --t-draw trained uniformly
+        return torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
+    grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
+    return grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
 
 
 def check_replicas(net):
@@ -483,8 +501,7 @@ def main(argv=None):
     del ckpt
 
     cuda = device.type == "cuda"
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)  # faster convolutions on GPUs and on CPUs (oneDNN)
     model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if cuda else None) if world > 1 else net
     if args.compile:
         model = torch.compile(model)
@@ -509,9 +526,8 @@ def main(argv=None):
                     break
                 lq = lq.to(device, non_blocking=True)
                 gt = gt.to(device, non_blocking=True)
-                if cuda:
-                    lq, gt = (lq.contiguous(memory_format=torch.channels_last),
-                              gt.contiguous(memory_format=torch.channels_last))
+                lq, gt = (lq.contiguous(memory_format=torch.channels_last),
+                          gt.contiguous(memory_format=torch.channels_last))
                 loss = train_step(model, sde, args, lq, gt, generator)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; stopped. The last good "
@@ -560,7 +576,8 @@ def log_validation(log, step, results):
     for name, scores in results.items():
         print(f"{name:<6} {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
               f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
-              f"(input {scores['ssim_input']:.4f})", flush=True)
+              f"(input {scores['ssim_input']:.4f}) | colour shift <= {scores['shift_max']:.1f}/255 "
+              f"(input {scores['shift_max_input']:.1f})", flush=True)
     row = dict(step=step)
     for name, scores in results.items():
         row.update(scores if name == "val" else {f"{name}_{k}": v for k, v in scores.items()})

@@ -295,3 +295,15 @@ def test_lpips_real_package_returns_none_or_float():
     x = torch.rand(3, 32, 32)
     r = metrics.lpips_or_none(x, x)
     assert r is None or (isinstance(r, float) and r >= 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2), st.floats(-0.2, 0.2))
+def test_colour_shift_is_the_largest_channel_mean_difference(seed, channel, offset):
+    gt = torch.rand(3, 9, 7, generator=torch.Generator().manual_seed(seed))
+    shifted = gt.clone()
+    shifted[channel] += offset
+    assert metrics.colour_shift(shifted, gt) == pytest.approx(abs(offset) * 255, abs=1e-4)
+    noise = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(seed + 1)) * 0.1
+    by_hand = max(abs(float(noise[c].double().mean())) for c in range(3)) * 255
+    assert metrics.colour_shift(gt + noise, gt) == pytest.approx(by_hand, rel=1e-6, abs=1e-9)

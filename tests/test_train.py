@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import data
+import irsde
 import sample
 import train
 
@@ -319,3 +320,21 @@ def test_full_disk_is_a_named_error_that_keeps_the_last_checkpoint(tmp_path, mon
     monkeypatch.undo()
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("steps", [1, 3, 5])
+def test_t_draw_sampler_trains_exactly_the_sampled_indices(steps):
+    args = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny", "--sample-steps",
+                                                 str(steps), "--t-draw", "sampler"]))
+    sde = train.build(args, torch.device("cpu"))[1]
+    t = train.draw_indices(sde, args, 4000, torch.Generator().manual_seed(0), "cpu")
+    grid = set(irsde.timesteps(sde, steps)) - {0}
+    assert set(t.tolist()) == grid  # every evaluated index, nothing else
+    uniform = train.draw_indices(sde, train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny"])),
+                                 4000, torch.Generator().manual_seed(0), "cpu")
+    assert set(uniform.tolist()) == set(range(1, sde.T + 1))
+
+
+def test_t_draw_sampler_is_refused_for_denoising(monkeypatch, tmp_path):
+    with pytest.raises(data.DataError, match="--t-draw sampler"):
+        train.main(["--task", "denoise", *FAST, "--t-draw", "sampler", "--out", str(tmp_path)])

@@ -1,0 +1,68 @@
+"""bench.py ablate --quick end to end (every variant, the samplers' sweep, the denoising starts),
+its resumability, and bench.py figures with and without matplotlib."""
+import json
+import sys
+
+import pytest
+
+import bench
+import data
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    """(folder, printed output) of one quick ablation: 2 steps per variant on 16 x 16 crops."""
+    root = tmp_path_factory.mktemp("ablate")
+    bench.main(["ablate", "--quick", "--device", "cpu", "--out", str(root)])
+    return root
+
+
+def rows_of(root):
+    return [json.loads(line) for line in open(root / "ablate.jsonl")]
+
+
+def test_ablate_quick_trains_every_variant_and_writes_a_table(ablation):
+    rows = rows_of(ablation)
+    runs = [r for r in rows if r["kind"] == "run"]
+    variants = bench.ablation_variants(bench.train.TASK_SDE["derain"])
+    assert [(r["variant"], r["seed"]) for r in runs] == [(n, s) for n, _, _, seeds in variants for s in seeds]
+    assert all(r["step"] == 2 and 0 < r["val"]["psnr_y"] < 100 and r["unseen"] for r in runs)
+    assert all(r["curve"][-1][0] == 2 for r in runs)  # validated every step in --quick
+    nfe = [r for r in rows if r["kind"] == "nfe"]
+    assert {r["sampler"] for r in nfe} == {"sde", "ode", "posterior", "ddim"}
+    assert {r["start"] for r in rows if r["kind"] == "denoise"} >= {"T = 10", "input"}
+    table = (ablation / "ablate.md").read_text()
+    for name, *_ in variants:
+        assert f"| {name} |" in table
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    header_cells = lines[0].count("|")
+    assert all(line.count("|") == header_cells for line in lines[: len(runs) + 3])  # run table well formed
+
+
+def test_ablate_does_not_retrain_a_finished_variant(ablation, capsys):
+    checkpoints = sorted(ablation.glob("*/last.pt"))
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    before = {(r["folder"]): r["wall_s"] for r in rows_of(ablation) if r["kind"] == "run"}
+    bench.main(["ablate", "--quick", "--device", "cpu", "--out", str(ablation)])
+    assert [p.stat().st_mtime_ns for p in checkpoints] == stamps
+    assert capsys.readouterr().out.count("finished already") == len(checkpoints)
+    assert {r["folder"]: r["wall_s"] for r in rows_of(ablation) if r["kind"] == "run"} == before
+
+
+def test_figures_without_matplotlib_says_how_to_get_it(ablation, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        bench.main(["figures", "--out", str(ablation), "--figures", str(ablation / "fig")])
+
+
+def test_figures_without_an_ablation_names_the_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match="ablate.jsonl: not found"):
+        bench.main(["figures", "--out", str(tmp_path), "--figures", str(tmp_path / "fig")])
+
+
+def test_figures_draws_the_three_plots(ablation, tmp_path):
+    pytest.importorskip("matplotlib", reason="bench.py figures needs matplotlib (pip install matplotlib)")
+    bench.main(["figures", "--out", str(ablation), "--figures", str(tmp_path)])
+    for name in ("training.png", "samplers.png", "schedules.png"):
+        picture = data.load_image(tmp_path / name)
+        assert picture.shape[1] > 200 and picture.std() > 0.05  # drawn, not blank
