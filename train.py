@@ -59,7 +59,7 @@ PRESETS = {
                   T=100, schedule="cosine", clip_x0=False, sampler="posterior", sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
     "tiny": dict(net="tiny", iters=800, batch=8, crop=64, lr=1e-3,
-                 milestones=[550, 700], loss="ml-posterior", param="x0", weighting="x0", t_draw="uniform", ema=0.99,
+                 milestones=[550, 700], loss="ml-posterior", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
                  T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=3,
                  log_every=100, val_every=400, save_every=400, workers=0),
 }
@@ -111,6 +111,8 @@ def fill_defaults(args):
     args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
     if args.task == "denoise" and args.sampler is None:  # the denoising ODE (eq. 16); DDIM for few steps
         args.sampler = "ode" if args.preset == "paper" else "ddim"
+    if args.task == "denoise" and args.t_draw is None:  # its sampler starts at t*, which depends on sigma
+        args.t_draw = "uniform"
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

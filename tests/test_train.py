@@ -330,11 +330,17 @@ def test_t_draw_sampler_trains_exactly_the_sampled_indices(steps):
     t = train.draw_indices(sde, args, 4000, torch.Generator().manual_seed(0), "cpu")
     grid = set(irsde.timesteps(sde, steps)) - {0}
     assert set(t.tolist()) == grid  # every evaluated index, nothing else
-    uniform = train.draw_indices(sde, train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny"])),
-                                 4000, torch.Generator().manual_seed(0), "cpu")
+    paper = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny", "--t-draw", "uniform"]))
+    uniform = train.draw_indices(sde, paper, 4000, torch.Generator().manual_seed(0), "cpu")
     assert set(uniform.tolist()) == set(range(1, sde.T + 1))
 
 
 def test_t_draw_sampler_is_refused_for_denoising(monkeypatch, tmp_path):
     with pytest.raises(data.DataError, match="--t-draw sampler"):
         train.main(["--task", "denoise", *FAST, "--t-draw", "sampler", "--out", str(tmp_path)])
+
+
+def test_tiny_denoising_draws_uniform_indices():
+    """The tiny preset trains where its sampler evaluates, except for denoising (t* varies)."""
+    parse = lambda task: train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny"]))
+    assert parse("derain").t_draw == "sampler" and parse("denoise").t_draw == "uniform"
