@@ -3,7 +3,7 @@
     python bench.py train [--device cuda] [--compile]       # training throughput and peak memory
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
-    python bench.py ablate [--quick] [--device cuda]         # the paper's claims at laptop scale
+    python bench.py ablate [--quick] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
 `train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
@@ -233,7 +233,10 @@ def train_variant(folder, task, flags, seed, args):
     """Train one variant in `folder` with train.main; a finished run is kept, an interrupted one
     resumed. Returns (wall seconds of this call, 0 when nothing was left to train)."""
     last = folder / "last.pt"
-    iters = ["--iters", str(args.iters)] if args.iters else []
+    recipe = train.PRESETS["tiny"]
+    iters = (["--iters", str(args.iters), "--milestones",  # the learning-rate halvings scale with the budget
+              *(str(round(m * args.iters / recipe["iters"])) for m in recipe["milestones"])] if args.iters else [])
+    iters += ["--net", args.net] if args.net else []
     if last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         if ckpt["step"] >= ckpt["config"]["args"]["iters"]:
@@ -447,6 +450,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, nargs="*", default=[100, 50, 20, 10, 5])
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
+    p.add_argument("--net", help="network preset of every variant (ablate; default: the tiny recipe's)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval of each variant (ablate)")
     p.add_argument("--out", help="ablation folder (ablate, figures; default runs/ablate)")
     p.add_argument("--figures", default="assets/figures", help="where figures writes its PNG files")

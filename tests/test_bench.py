@@ -66,3 +66,14 @@ def test_figures_draws_the_three_plots(ablation, tmp_path):
     for name in ("training.png", "samplers.png", "schedules.png"):
         picture = data.load_image(tmp_path / name)
         assert picture.shape[1] > 200 and picture.std() > 0.05  # drawn, not blank
+
+
+def test_ablate_budget_scales_the_learning_rate_halvings(tmp_path, monkeypatch):
+    """--iters 20000 --net small (the GPU check): the tiny recipe's halvings at 550 and 700 of 800
+    steps move to 13750 and 17500."""
+    seen = []
+    monkeypatch.setattr(bench.train, "main", seen.append)
+    args = bench.argparse.Namespace(iters=20000, net="small", device="cpu", val_every=200, quick=False)
+    bench.train_variant(tmp_path / "run", "derain", ["--loss", "cnn"], 1, args)
+    argv = " ".join(seen[0])
+    assert "--iters 20000 --milestones 13750 17500 --net small" in argv and "--loss cnn" in argv
