@@ -208,8 +208,8 @@ def ablation_variants(task_default):
     return [
         ("IR-SDE (tiny recipe)", "derain", [], (0, 1)),
         ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
-        ("uniform training indices (paper)", "derain", ["--t-draw", "uniform"], (0,)),
-        ("ML loss with the Euler-Maruyama step (paper)", "derain", ["--loss", "ml"], (0,)),
+        ("paper's ML loss (Euler-Maruyama step), uniform indices", "derain",
+         ["--loss", "ml", "--t-draw", "uniform"], (0,)),
         ("noise matching, eq. 10", "derain", ["--loss", "noise"], (0,)),
         ("linear schedule", "derain", ["--schedule", "linear"], (0,)),
         ("constant schedule", "derain", ["--schedule", "constant"], (0,)),
@@ -358,7 +358,8 @@ def bench_ablate(args, device):
                              step=final["step"], wall_s=wall or (earlier[0] if earlier else 0.0),
                              val=val, unseen=unseen, curve=curve))
             write_ablation(root, rows)
-    # the samplers' sweep needs a network trained at every index, not only the 3 the recipe samples
+    # the samplers' sweep needs a network trained at every index, not only the 3 the recipe samples:
+    # the paper's training (it is what the 100-step samplers were designed for)
     uniform = next(name for name, _, flags, _ in ablation_variants(train.TASK_SDE["derain"]) if "uniform" in flags)
     rows += nfe_sweep(run_folder(root, uniform, 0), device, args.quick)
     den = ablation_variants(train.TASK_SDE["derain"])[-1]
@@ -415,7 +416,7 @@ def bench_figures(args, device):
         points = [(r["nfe"], r["psnr_y"]) for r in nfe if r["sampler"] == sampler]
         ax.plot(*zip(*points), marker="o", label=sampler)
     ax.set(xscale="log", xlabel="network evaluations", ylabel="val PSNR-Y (dB)",
-           title="samplers (uniform training indices, seed 0)")
+           title="samplers (paper's ML loss, uniform indices)")
     ax.legend()
     save_figure(fig, out / "samplers.png")
 
