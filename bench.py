@@ -24,9 +24,9 @@ process. `figures` draws assets/figures/*.png from those files.
 import argparse
 import importlib
 import importlib.util
+import json
 import platform
 import sys
-import json
 import time
 import types
 from pathlib import Path
@@ -261,12 +261,16 @@ def last_validation(folder):
     return rows[-1], [(r["step"], r["psnr_y"], r.get("unseen_psnr_y")) for r in rows]
 
 
+def mean_psnr_y(images, gts):
+    return sum(metrics.psnr(image, gt, y=True) for image, gt in zip(images.cpu(), gts.cpu())) / len(gts)
+
+
 def restore_batch(net, sde, config, pairs, sampler, steps, device, seed=0, **kwargs):
     """Mean PSNR-Y over pairs restored as one batch (one generator, seeded)."""
     lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
     generator = torch.Generator(device).manual_seed(seed)
     out = sample.restore(net, sde, config, lq, sampler=sampler, steps=steps, generator=generator, **kwargs)
-    return sum(metrics.psnr(o, g, y=True) for o, g in zip(out.cpu(), gt.cpu())) / len(pairs)
+    return mean_psnr_y(out, gt)
 
 
 def nfe_sweep(folder, device, quick):
@@ -304,9 +308,8 @@ def denoise_starts(folder, device):
         out = irsde._sampler(sampler)(model, sde, x_T, None, irsde.timesteps(sde), generator=generator,
                                       clip_x0=config["sampling"]["clip_x0"]).clamp(0, 1)
         rows.append(dict(kind="denoise", start=f"T = {sde.T}", sampler=sampler, nfe=sde.T,
-                         psnr_y=sum(metrics.psnr(o, g, y=True) for o, g in zip(out.cpu(), gt.cpu())) / len(gt)))
-    rows.append(dict(kind="denoise", start="input", sampler="-", nfe=0,
-                     psnr_y=sum(metrics.psnr(lq_.clamp(0, 1), g, y=True) for lq_, g in pairs) / len(pairs)))
+                         psnr_y=mean_psnr_y(out, gt)))
+    rows.append(dict(kind="denoise", start="input", sampler="-", nfe=0, psnr_y=mean_psnr_y(lq.clamp(0, 1), gt)))
     return rows
 
 
@@ -346,7 +349,8 @@ def bench_ablate(args, device):
     root.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.perf_counter()
     done = [json.loads(line) for line in open(root / "ablate.jsonl")] if (root / "ablate.jsonl").exists() else []
-    for name, task, flags, seeds in ablation_variants(train.TASK_SDE["derain"]):
+    variants = ablation_variants(train.TASK_SDE["derain"])
+    for name, task, flags, seeds in variants:
         for seed in seeds:
             folder = run_folder(root, name, seed)
             wall = train_variant(folder, task, flags, seed, args)
@@ -360,10 +364,10 @@ def bench_ablate(args, device):
             write_ablation(root, rows)
     # the samplers' sweep needs a network trained at every index, not only the 3 the recipe samples:
     # the paper's training (it is what the 100-step samplers were designed for)
-    uniform = next(name for name, _, flags, _ in ablation_variants(train.TASK_SDE["derain"]) if "uniform" in flags)
+    uniform = next(name for name, _, flags, _ in variants if "uniform" in flags)
     rows += nfe_sweep(run_folder(root, uniform, 0), device, args.quick)
-    den = ablation_variants(train.TASK_SDE["derain"])[-1]
-    rows += denoise_starts(run_folder(root, den[0], 0), device)
+    denoising = next(name for name, task, _, _ in variants if task == "denoise")
+    rows += denoise_starts(run_folder(root, denoising, 0), device)
     write_ablation(root, rows)
     print(f"\n{ablation_table(rows)}\nablation: {time.perf_counter() - start:.0f} s here "
           f"({machine(device)}); {root / 'ablate.jsonl'}, {root / 'ablate.md'}", flush=True)

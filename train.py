@@ -130,7 +130,7 @@ RESUME_MAY_CHANGE = ("out", "device", "compile", "workers", "iters", "resume")  
 def resume_args(given, ckpt, path):
     """The checkpoint's settings. --out, --device, --compile, --workers and --iters may change; any
     other flag that differs from the checkpoint's value would be ignored, so it is refused."""
-    saved = argparse.Namespace(**ckpt["config"]["args"])
+    saved = argparse.Namespace(**{"t_draw": "uniform", **ckpt["config"]["args"]})  # before --t-draw: uniform
     for key in ("task", "net", "loss", "param"):
         if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
             raise data.DataError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
@@ -173,7 +173,7 @@ def check_args(args):
             value = getattr(args, name.replace("-", "_"))
             shown = " ".join(map(str, value)) if isinstance(value, list) else value  # --milestones
             raise data.DataError(f"--{name} {shown}: must be {rule}")
-    if getattr(args, "t_draw", "uniform") == "sampler" and args.task == "denoise":
+    if args.t_draw == "sampler" and args.task == "denoise":
         raise data.DataError("--t-draw sampler: denoising starts at t* of each noise level; use uniform")
     args.device = str(sample.check_device(args.device))
     if "RANK" in os.environ and args.device.startswith("cuda:"):
@@ -440,7 +440,7 @@ def train_step(net, sde, args, lq, gt, generator):
 def draw_indices(sde, args, n, generator, device):
     """Training indices t: uniform on 1..T (the paper), or uniform over the indices the few-step
     sampler evaluates (timesteps(sde, --sample-steps) without its final 0)."""
-    if getattr(args, "t_draw", "uniform") == "uniform":  # checkpoints before --t-draw trained uniformly
+    if args.t_draw == "uniform":
         return torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
     grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
     return grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
