@@ -7,8 +7,9 @@
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
 `train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
-the presets' batch and crop, with the precision train.py picks for the device. `sample` restores
-the fixed synthetic validation set with every sampler at 100, 50, 20, 10 and 5 evaluations.
+the presets' batch and crop, in float32 and, where train.py picks it for the device, with bf16
+autocast. `sample` restores the fixed synthetic validation set with every sampler at 100, 50,
+20, 10 and 5 evaluations.
 `reference` runs the authors' ConditionalUNet and IRSDE from a local checkout of their repository
 (Algolzw/image-restoration-sde; nothing is downloaded) next to this code's paper network holding
 the same weights: output agreement, training images/s (batch 4, 128 x 128, ML loss) and seconds
@@ -24,6 +25,7 @@ process. `figures` draws assets/figures/*.png from those files.
 import argparse
 import importlib
 import importlib.util
+import itertools
 import json
 import platform
 import sys
@@ -50,8 +52,11 @@ def machine(device):
 def bench_train(args, device):
     print(f"| network | params | batch x crop | precision | img/s | peak memory | ({machine(device)}, torch {torch.__version__})")
     print("|---|---|---|---|---|---|")
-    for preset in args.presets:
+    # float32 and, where train.py would use it, bf16 autocast: their ratio is the figure to compare
+    precisions = [fp32 for fp32 in (True, False) if fp32 or train.bf16_training(device)]
+    for preset, fp32 in itertools.product(args.presets, precisions):
         targs = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", preset]))
+        targs.fp32 = fp32
         torch.manual_seed(0)
         net, sde = train.build(targs, device)
         cuda = device.type == "cuda"
@@ -82,7 +87,7 @@ def bench_train(args, device):
         seconds = (time.perf_counter() - start) / reps
         memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
         params = sum(p.numel() for p in net.parameters()) / 1e6
-        precision = "bf16 autocast" if cuda else "fp32"
+        precision = "bf16 autocast" if train.bf16_training(device, fp32) else "fp32"
         print(f"| {preset} | {params:.1f} M | {targs.batch} x {targs.crop}^2 | {precision}"
               f"{' + compile' if args.compile else ''} | {targs.batch / seconds:.1f} | {memory} |", flush=True)
 

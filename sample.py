@@ -204,11 +204,14 @@ def restore(net, sde, config, lq, sampler=None, steps=None, generator=None, nois
     return x0.clamp(0, 1)
 
 
-def network(net, device, tile=None, overlap=32):
-    """net as f(x, mu, t) in float32: bf16 autocast on CUDA (the SDE arithmetic stays float32),
-    evaluated tile by tile when `tile` is given."""
+def network(net, device, tile=None, overlap=32, bf16=None):
+    """net as f(x, mu, t) with a float32 output: under bf16 autocast where `bf16` (default: on CUDA;
+    train.py also on CPUs with native bf16), the SDE arithmetic staying float32; evaluated tile by
+    tile when `tile` is given."""
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+
     def forward(x, mu, t):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             return net(x, mu, t).float()
     return forward if tile is None else tiled(forward, tile, overlap)
 

@@ -344,3 +344,28 @@ def test_tiny_denoising_draws_uniform_indices():
     """The tiny preset trains where its sampler evaluates, except for denoising (t* varies)."""
     parse = lambda task: train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny"]))
     assert parse("derain").t_draw == "sampler" and parse("denoise").t_draw == "uniform"
+
+
+def test_precision_is_chosen_by_the_device(monkeypatch):
+    """bf16 autocast on CUDA and on CPUs with bf16 instructions; float32 elsewhere or with --fp32."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    for native in (True, False):
+        monkeypatch.setattr(train, "native_cpu_bf16", lambda: native)
+        assert train.bf16_training(cpu) is native and train.bf16_training(cuda)
+        assert not train.bf16_training(cpu, fp32=True) and not train.bf16_training(cuda, fp32=True)
+
+
+def test_bf16_training_step_is_the_float32_step_to_bf16_accuracy(monkeypatch):
+    """The autocast really applies (the loss moves by bf16 rounding) and changes nothing else."""
+    args = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny", "--T", "20"]))
+    torch.manual_seed(0)
+    net, sde = train.build(args, torch.device("cpu"))
+    net.final_conv.reset_parameters()  # a zero head would output 0 in either precision
+    lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset("derain", crop=32)[i] for i in range(4)]))
+    monkeypatch.setattr(train, "native_cpu_bf16", lambda: True)
+    losses = {}
+    for fp32 in (True, False):
+        args.fp32 = fp32
+        losses[fp32] = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
+    assert losses[True] != losses[False]
+    assert losses[False] == pytest.approx(losses[True], rel=0.005)
