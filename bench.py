@@ -3,7 +3,7 @@
     python bench.py train [--device cuda] [--compile]       # training throughput and peak memory
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
-    python bench.py ablate [--quick] [--device cuda] [--net small --iters 20000]  # the paper's claims
+    python bench.py ablate [--quick] [--fp32] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
 `train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
@@ -242,18 +242,19 @@ def train_variant(folder, task, flags, seed, args):
     iters = (["--iters", str(args.iters), "--milestones",  # the learning-rate halvings scale with the budget
               *(str(round(m * args.iters / recipe["iters"])) for m in recipe["milestones"])] if args.iters else [])
     iters += ["--net", args.net] if args.net else []
+    precision = ["--fp32"] if args.fp32 else []  # float32 on any machine: the README's numbers exactly
     if last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         if ckpt["step"] >= ckpt["config"]["args"]["iters"]:
             print(f"{folder}: finished already (step {ckpt['step']}), kept", flush=True)
             return 0.0
-        argv = ["--resume", str(last), "--device", args.device]
+        argv = ["--resume", str(last), "--device", args.device, *precision]
     else:
         if (folder / "metrics.jsonl").exists():  # stopped before its first checkpoint: start again
             (folder / "metrics.jsonl").unlink()
         argv = ["--task", task, "--preset", "tiny", "--seed", str(seed), "--device", args.device,
                 "--val-every", str(args.val_every), "--out", str(folder), *flags,
-                *(QUICK_FLAGS if args.quick else []), *iters]
+                *(QUICK_FLAGS if args.quick else []), *iters, *precision]
     print(f"\n== {folder.name}: python train.py {' '.join(argv)}", flush=True)
     start = time.perf_counter()
     train.main(argv)
@@ -462,6 +463,8 @@ def main(argv=None):
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
     p.add_argument("--net", help="network preset of every variant (ablate; default: the tiny recipe's)")
     p.add_argument("--val-every", type=int, default=200, help="validation interval of each variant (ablate)")
+    p.add_argument("--fp32", action="store_true", help="train every variant in float32 (ablate; default: "
+                   "train.py's choice, bf16 on CUDA and on CPUs with bf16 instructions)")
     p.add_argument("--out", help="ablation folder (ablate, figures; default runs/ablate)")
     p.add_argument("--figures", default="assets/figures", help="where figures writes its PNG files")
     args = p.parse_args(argv)

@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import torch
 
 import bench
 import data
@@ -73,7 +74,23 @@ def test_ablate_budget_scales_the_learning_rate_halvings(tmp_path, monkeypatch):
     steps move to 13750 and 17500."""
     seen = []
     monkeypatch.setattr(bench.train, "main", seen.append)
-    args = bench.argparse.Namespace(iters=20000, net="small", device="cpu", val_every=200, quick=False)
+    args = bench.argparse.Namespace(iters=20000, net="small", device="cpu", val_every=200, quick=False, fp32=False)
     bench.train_variant(tmp_path / "run", "derain", ["--loss", "cnn"], 1, args)
     argv = " ".join(seen[0])
     assert "--iters 20000 --milestones 13750 17500 --net small" in argv and "--loss cnn" in argv
+    assert "--fp32" not in argv
+
+
+def test_ablate_fp32_reaches_every_variant_run(tmp_path, monkeypatch):
+    """--fp32 (the README's table, on any CPU) is passed to new and to resumed variant runs."""
+    bench.train.main(["--task", "derain", "--preset", "tiny", "--iters", "1", "--crop", "16", "--batch", "1",
+                      "--val-images", "1", "--T", "10", "--sample-steps", "1", "--out", str(tmp_path / "stopped")])
+    ckpt = torch.load(tmp_path / "stopped" / "last.pt", weights_only=False)
+    ckpt["config"]["args"]["iters"] = 2  # an interrupted variant: step 1 of 2
+    torch.save(ckpt, tmp_path / "stopped" / "last.pt")
+    seen = []
+    monkeypatch.setattr(bench.train, "main", seen.append)
+    args = bench.argparse.Namespace(iters=None, net=None, device="cpu", val_every=200, quick=False, fp32=True)
+    for folder in ("new", "stopped"):
+        bench.train_variant(tmp_path / folder, "derain", [], 0, args)
+    assert [argv[-1] for argv in seen] == ["--fp32", "--fp32"] and seen[1][0] == "--resume"
