@@ -59,11 +59,13 @@ def bench_train(args, device):
         targs.fp32 = fp32
         torch.manual_seed(0)
         net, sde = train.build(targs, device)
+        net = net.to(memory_format=torch.channels_last)  # as train.py
         cuda = device.type == "cuda"
         model = torch.compile(net) if args.compile else net
         opt, _, ema = train.optimizers(targs, net)
         ds = data.make_dataset("derain", crop=targs.crop)
-        lq, gt = (torch.stack(x).to(device) for x in zip(*[ds[i] for i in range(targs.batch)]))
+        lq, gt = (torch.stack(x).to(device).contiguous(memory_format=torch.channels_last)
+                  for x in zip(*[ds[i] for i in range(targs.batch)]))
         generator = torch.Generator(device).manual_seed(0)
 
         def step():

@@ -131,7 +131,16 @@ class ResBlock(nn.Module):
 
 def _group_norm(ch):
     """Up to 32 groups of at least 2 channels: statistics stay defined on a 1 x 1 bottleneck."""
-    return nn.GroupNorm(math.gcd(32, ch // 2), ch, eps=1e-6)
+    return GroupNorm32(math.gcd(32, ch // 2), ch, eps=1e-6)
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 under bf16 autocast, as ADM's GroupNorm32. CUDA's autocast
+    does so by itself; the CPU's runs it in bf16, whose channels_last backward took 40% of a tiny
+    preset training step (3x the float32 one)."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
 
 
 class Attention(nn.Module):

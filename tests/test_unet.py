@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from unet import PRESETS, UNet, build_unet, from_reference_state_dict, reference_name
+from unet import GroupNorm32, PRESETS, UNet, build_unet, from_reference_state_dict, reference_name
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -207,3 +207,23 @@ def test_bad_inputs_raise():
         net(x[:, :2], mu[:, :2])
     with pytest.raises(ValueError, match="unet.py"):
         build_unet("huge")
+
+
+def test_group_norm32_normalises_in_float32_under_bf16_autocast():
+    """The tiny preset's GroupNorm (every one of them): float32 statistics of a bf16 input, the
+    input's dtype out, and exactly nn.GroupNorm in float32."""
+    torch.manual_seed(0)
+    norm = GroupNorm32(16, 32, eps=1e-6)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = 3 + 2 * torch.randn(2, 32, 8, 8)
+    reference = torch.nn.GroupNorm(16, 32, eps=1e-6)
+    reference.load_state_dict(norm.state_dict())
+    assert torch.equal(norm(x), reference(x))
+    low = x.bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(low)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, reference(low.float()).bfloat16())  # float32 statistics, rounded once at the end
+    norms = [m for m in UNet(**PRESETS["tiny"]).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(isinstance(m, GroupNorm32) for m in norms)
