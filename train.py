@@ -55,7 +55,7 @@ TASK_SDE = {
     "dehaze": dict(max_sigma=30, eps=0.005), "denoise": dict(max_sigma=70, eps=0.04),
 }
 
-# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in 5.5-7.5 minutes;
+# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in 4-7.5 minutes;
 # see the README for what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4,
@@ -445,8 +445,8 @@ def train_step(net, sde, args, lq, gt, generator):
 
 def bf16_training(device, fp32=False):
     """Mixed precision chosen by the device: bf16 autocast on CUDA and on CPUs with native bf16
-    (AVX512-BF16 or AMX, where oneDNN runs bf16 convolutions about 1.4x faster than float32:
-    bench.py train); float32 with --fp32 or elsewhere (emulated bf16 would be slower)."""
+    (AVX512-BF16 or AMX, where a tiny preset training step runs about 1.8x faster than in float32:
+    bench.py train); float32 with --fp32 or elsewhere (without those instructions bf16 is emulated)."""
     if fp32:
         return False
     return device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
