@@ -209,20 +209,24 @@ def bench_reference(args, device):
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
 
 def ablation_variants(task_default):
-    """(name, task, train.py flags, seeds): the tiny recipe with one change each. lambda is halved
-    and doubled around the task's default (train.TASK_SDE)."""
+    """(name, task, train.py flags, seeds): the tiny recipe (one posterior step), the same with 3
+    steps, and the 3-step recipe with one change each: losses, schedules and lambda shape the
+    reverse process, which one step from x_T barely uses. lambda is halved and doubled around the
+    task's default (train.TASK_SDE)."""
     lam = task_default["max_sigma"]
+    steps3 = ["--sample-steps", "3"]
     return [
-        ("IR-SDE (tiny recipe)", "derain", [], (0, 1)),
+        ("IR-SDE, 1 posterior step (tiny recipe)", "derain", [], (0, 1)),
+        ("IR-SDE, 3 posterior steps", "derain", steps3, (0, 1)),
         ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
         ("paper's ML loss (Euler-Maruyama step), uniform indices", "derain",
-         ["--loss", "ml", "--t-draw", "uniform"], (0,)),
-        ("noise matching, eq. 10", "derain", ["--loss", "noise"], (0,)),
-        ("linear schedule", "derain", ["--schedule", "linear"], (0,)),
-        ("constant schedule", "derain", ["--schedule", "constant"], (0,)),
-        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}"], (0,)),
-        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}"], (0,)),
-        ("denoising SDE, sigma 25", "denoise", [], (0,)),
+         ["--loss", "ml", "--t-draw", "uniform", *steps3], (0,)),
+        ("noise matching, eq. 10", "derain", ["--loss", "noise", *steps3], (0,)),
+        ("linear schedule", "derain", ["--schedule", "linear", *steps3], (0,)),
+        ("constant schedule", "derain", ["--schedule", "constant", *steps3], (0,)),
+        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}", *steps3], (0,)),
+        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}", *steps3], (0,)),
+        ("denoising SDE, sigma 25", "denoise", steps3, (0,)),
     ]
 
 

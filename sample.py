@@ -488,6 +488,10 @@ def check_args(args, sde, config):
         start = f"t* = {t_start} for --noise-sigma {args.noise_sigma:g}"
     args.sampler = args.sampler or config["sampling"]["sampler"]
     args.steps = sampling_steps(args, config["sampling"]["steps"], t_start, start)
+    trained = config.get("args", {})
+    if trained.get("t_draw") == "sampler" and args.steps != trained.get("sample_steps"):
+        print(f"note: {args.checkpoint} was trained only at the indices of its {trained['sample_steps']} "
+              f"sampling step(s) (--t-draw sampler); --steps {args.steps} also asks it about indices it never saw")
 
 
 def sampling_steps(args, stored, available, start):

@@ -64,7 +64,7 @@ PRESETS = {
                   log_every=100, val_every=5000, save_every=5000, workers=4),
     "tiny": dict(net="tiny", iters=800, batch=8, crop=64, lr=1e-3,
                  milestones=[550, 700], loss="ml-posterior", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
-                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=3,
+                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=1,
                  log_every=100, val_every=400, save_every=400, workers=0),
 }
 

@@ -471,6 +471,24 @@ def test_steps_beyond_the_available_indices_and_flags_a_cnn_ignores_are_refused(
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 3
 
 
+def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys):
+    """--t-draw sampler trains only at the indices of the stored steps: other --steps still run
+    (a user may want to look), but the output says the network never saw those indices."""
+    _, _, config = save_checkpoint(tmp_path / "ckpt.pt", sampling={"steps": 1})
+    config["args"] = {"t_draw": "sampler", "sample_steps": 1}
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+    torch.save({**ckpt, "config": config}, tmp_path / "ckpt.pt")
+    write_images(tmp_path / "in", ["n.png"], seed=1)
+    go = lambda out, *argv: run_main("--checkpoint", tmp_path / "ckpt.pt", "--input", tmp_path / "in",
+                                     "--output", tmp_path / out, *argv)
+    go("same")
+    go("same_steps", "--steps", "1")
+    assert "never saw" not in capsys.readouterr().out
+    go("more", "--steps", "3")
+    assert "trained only at the indices of its 1 sampling step(s) (--t-draw sampler); --steps 3" in capsys.readouterr().out
+    assert (tmp_path / "more" / "n.png").exists()
+
+
 def test_small_tiles_warn_and_unusable_tiles_are_refused(setup, capsys):
     base = ["--checkpoint", setup / "ckpt.pt", "--input", setup / "in" / "a.png", "--steps", "1"]
     run_main(*base, "--output", setup / "out", "--tile", "16", "--overlap", "4")
