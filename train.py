@@ -55,7 +55,7 @@ TASK_SDE = {
     "dehaze": dict(max_sigma=30, eps=0.005), "denoise": dict(max_sigma=70, eps=0.04),
 }
 
-# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in 4-7.5 minutes;
+# "paper": the reference recipe (PAPER.md §8). "tiny": sized for a 2-core CPU in 3.5-7.5 minutes;
 # see the README for what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4,
