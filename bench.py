@@ -209,24 +209,27 @@ def bench_reference(args, device):
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
 
 def ablation_variants(task_default):
-    """(name, task, train.py flags, seeds): the tiny recipe (one posterior step), the same with 3
-    steps, and the 3-step recipe with one change each: losses, schedules and lambda shape the
-    reverse process, which one step from x_T barely uses. lambda is halved and doubled around the
-    task's default (train.TASK_SDE)."""
+    """(name, task, train.py flags, seeds): the tiny recipe (one posterior step, L2), the same
+    with L1, the former recipe (3 steps, L1), the paper's CNN baseline (L1) and one with L2, and
+    the former recipe with one change each: losses, schedules and lambda shape the reverse
+    process, which one step from x_T barely uses. lambda is halved and doubled around the task's
+    default (train.TASK_SDE)."""
     lam = task_default["max_sigma"]
-    steps3 = ["--sample-steps", "3"]
+    former = ["--sample-steps", "3", "--loss-norm", "l1"]
     return [
-        ("IR-SDE, 1 posterior step (tiny recipe)", "derain", [], (0, 1)),
-        ("IR-SDE, 3 posterior steps", "derain", steps3, (0, 1)),
+        ("IR-SDE, 1 posterior step, L2 (tiny recipe)", "derain", [], (0, 1)),
+        ("IR-SDE, 1 posterior step, L1", "derain", ["--loss-norm", "l1"], (0, 1)),
+        ("IR-SDE, 3 posterior steps, L1", "derain", former, (0, 1)),
         ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
+        ("CNN baseline, L2", "derain", ["--loss", "cnn", "--loss-norm", "l2"], (0,)),
         ("paper's ML loss (Euler-Maruyama step), uniform indices", "derain",
-         ["--loss", "ml", "--t-draw", "uniform", *steps3], (0,)),
-        ("noise matching, eq. 10", "derain", ["--loss", "noise", *steps3], (0,)),
-        ("linear schedule", "derain", ["--schedule", "linear", *steps3], (0,)),
-        ("constant schedule", "derain", ["--schedule", "constant", *steps3], (0,)),
-        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}", *steps3], (0,)),
-        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}", *steps3], (0,)),
-        ("denoising SDE, sigma 25", "denoise", steps3, (0,)),
+         ["--loss", "ml", "--t-draw", "uniform", *former], (0,)),
+        ("noise matching, eq. 10", "derain", ["--loss", "noise", *former], (0,)),
+        ("linear schedule", "derain", ["--schedule", "linear", *former], (0,)),
+        ("constant schedule", "derain", ["--schedule", "constant", *former], (0,)),
+        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}", *former], (0,)),
+        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}", *former], (0,)),
+        ("denoising SDE, sigma 25", "denoise", former, (0,)),
     ]
 
 
@@ -411,8 +414,8 @@ def bench_figures(args, device):
     names = list(dict.fromkeys(name for name, _ in runs))
     panels = [("loss (Fig. 10)", [n for n in names if "IR-SDE" in n or "noise" in n or "CNN" in n or "ML" in n
                                   or "indices" in n]),
-              ("theta schedule (Fig. 11)", [n for n in names if "IR-SDE" in n or "schedule" in n]),
-              ("lambda", [n for n in names if "IR-SDE" in n or "lambda" in n])]
+              ("theta schedule (Fig. 11)", [n for n in names if "3 posterior" in n or "schedule" in n]),
+              ("lambda", [n for n in names if "3 posterior" in n or "lambda" in n])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True)
     for ax, (title, chosen) in zip(axes, panels):
         for name in chosen:

@@ -216,9 +216,9 @@ class IRSDE:
         """L_gamma of eq. 10 with gamma_t = 1: mean squared error of the predicted noise."""
         return F.mse_loss(noise_pred, noise)
 
-    def ml_loss(self, x, mu, x0, noise_pred, t, weighting="uniform", step="sde"):
-        """J_gamma of eq. 15: L1 between the model's reverse step mean and x*_{t-1} (mu=None: the
-        denoising SDE).
+    def ml_loss(self, x, mu, x0, noise_pred, t, weighting="uniform", step="sde", norm="l1"):
+        """J_gamma of eq. 15: the distance between the model's reverse step mean and x*_{t-1} (mu=None:
+        the denoising SDE).
 
         step "sde" is the paper's (dx_t)_phi, the Euler-Maruyama mean of eq. 7. Its x0 target is not
         x0: the x0_hat whose Euler-Maruyama mean equals x*_{t-1} carries x_t's noise, the more so
@@ -227,7 +227,11 @@ class IRSDE:
         weighting "uniform" is the reference's gamma_t = 1. "x0" sets gamma_t = 1 / B_t, B_t the
         coefficient of x0 in eq. 14, so that an error in the implied x0 counts the same at every
         step; with gamma_t = 1 the steps near T (B_t ~ eps) hardly train, yet few-step samplers
-        lean on the x0 predicted there."""
+        lean on the x0 predicted there.
+        norm "l1" is the reference's |.|; "l2" squares it, as the negative log-likelihood of the
+        Gaussian in eq. 13 does. With the posterior step and "x0" the l2 loss is (x0_hat - x0)^2,
+        minimised by the posterior mean E[x0 | x_t, mu]; l1 is minimised by the median, which
+        keeps the input's brightening where rain is uncertain (its distribution is skewed)."""
         if step == "sde":
             mean = self.reverse_sde_mean(x, mu, noise_pred, t)
         elif step == "posterior":
@@ -240,7 +244,9 @@ class IRSDE:
             error = error / ((1 - A) if mu is None else B)  # mu=None: x*_{t-1} = A (x_t - x0) + x0
         elif weighting != "uniform":
             raise ValueError(f"unknown ML loss weighting {weighting!r}: choose uniform or x0")
-        return error.mean()
+        if norm not in ("l1", "l2"):
+            raise ValueError(f"unknown ML loss norm {norm!r}: choose l1 or l2")
+        return (error if norm == "l1" else error.square()).mean()
 
     # ---- denoising start (Sec. 4.3) ----------------------------------------------------------
 

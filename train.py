@@ -59,11 +59,11 @@ TASK_SDE = {
 # see the README for what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4,
-                  milestones=[200_000, 400_000, 600_000], loss="ml", param="noise", weighting="uniform", t_draw="uniform", ema=0.995,
+                  milestones=[200_000, 400_000, 600_000], loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform", ema=0.995,
                   T=100, schedule="cosine", clip_x0=False, sampler="posterior", sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
     "tiny": dict(net="tiny", iters=800, batch=8, crop=64, lr=1e-3,
-                 milestones=[550, 700], loss="ml-posterior", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
+                 milestones=[550, 700], loss="ml-posterior", loss_norm="l2", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
                  T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=1,
                  log_every=100, val_every=400, save_every=400, workers=0),
 }
@@ -88,7 +88,9 @@ def parse_args(argv=None):
                    "and on CPUs with native bf16)")
     p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
                    help="ml: eq. 15 (Euler-Maruyama mean, paper); ml-posterior: eq. 15 with the posterior "
-                   "step's mean (eq. 14 with x0_hat); noise: eq. 10; cnn: the paper's CNN baseline (L1, LQ -> HQ)")
+                   "step's mean (eq. 14 with x0_hat); noise: eq. 10; cnn: the paper's CNN baseline (LQ -> HQ, L1 in the paper)")
+    p.add_argument("--loss-norm", choices=["l1", "l2"], help="distance in the ML loss: |.| (paper) or its "
+                   "square (the Gaussian log-likelihood of eq. 13); the CNN baseline takes L1 unless given")
     p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
     p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
     p.add_argument("--t-draw", choices=["uniform", "sampler"],
@@ -119,6 +121,8 @@ def fill_defaults(args):
         args.sampler = "ode" if args.preset == "paper" else "ddim"
     if args.task == "denoise" and args.t_draw is None:  # its sampler starts at t*, which depends on sigma
         args.t_draw = "uniform"
+    if args.loss == "cnn" and args.loss_norm is None:  # the paper's CNN baseline, whatever the preset
+        args.loss_norm = "l1"
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -136,7 +140,8 @@ RESUME_MAY_CHANGE = ("out", "device", "compile", "fp32", "workers", "iters", "re
 def resume_args(given, ckpt, path):
     """The checkpoint's settings. --out, --device, --compile, --fp32, --workers and --iters may change; any
     other flag that differs from the checkpoint's value would be ignored, so it is refused."""
-    saved = argparse.Namespace(**{"t_draw": "uniform", **ckpt["config"]["args"]})  # before --t-draw: uniform
+    saved = argparse.Namespace(**{"t_draw": "uniform", "loss_norm": "l1",  # runs before those flags
+                                  **ckpt["config"]["args"]})
     for key in ("task", "net", "loss", "param"):
         if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
             raise data.DataError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
@@ -432,7 +437,7 @@ def train_step(net, sde, args, lq, gt, generator):
     The network runs under bf16 autocast where `bf16_training` says so; the SDE arithmetic stays float32."""
     forward = sample.network(net, gt.device, bf16=bf16_training(gt.device, args.fp32))
     if args.loss == "cnn":
-        return F.l1_loss(lq + forward(lq, None, None), gt)
+        return (F.l1_loss if args.loss_norm == "l1" else F.mse_loss)(lq + forward(lq, None, None), gt)
     mu = None if args.task == "denoise" else lq           # denoising SDE: mu = x0 (Sec. 4.3)
     t = draw_indices(sde, args, gt.shape[0], generator, gt.device)
     x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
@@ -440,7 +445,7 @@ def train_step(net, sde, args, lq, gt, generator):
     if args.loss == "noise":
         return sde.noise_matching_loss(noise_pred, noise)
     step = "posterior" if args.loss == "ml-posterior" else "sde"
-    return sde.ml_loss(x_t, mu, gt, noise_pred, t, args.weighting, step)
+    return sde.ml_loss(x_t, mu, gt, noise_pred, t, args.weighting, step, args.loss_norm)
 
 
 def bf16_training(device, fp32=False):

@@ -441,3 +441,44 @@ def test_posterior_step_ml_loss_is_the_x0_error_with_optimum_x0(sde, denoising, 
         assert sde.ml_loss(x, mu, x0, noise, t, "x0").item() > 1e-6  # step="sde": the true noise is off
     with pytest.raises(ValueError, match="step"):
         sde.ml_loss(x, mu, x0, eps, t, "x0", step="ddim")
+
+
+@SETTINGS
+@given(sdes(T=st.integers(2, 120)), st.booleans(), st.data())
+def test_l2_posterior_ml_loss_is_the_squared_x0_error(sde, denoising, data):
+    """norm="l2" squares the weighted error: with the posterior step and 1/B weighting the loss is
+    exactly mean (x0_hat - x0)^2, and still zero at the true noise."""
+    i = data.draw(st.integers(1, sde.T))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 99)))
+    x0, mu, delta = torch.rand(3, 1, 3, 4, 4, generator=g, dtype=torch.float64).unbind(0)
+    mu = None if denoising else mu
+    t = torch.tensor([i])
+    x, noise = sde.q_sample(mu, x0, t, generator=g)
+    eps = sde.noise_from_x0(x, mu, x0 + delta, t)
+    assert sde.ml_loss(x, mu, x0, eps, t, "x0", "posterior", "l2").item() == pytest.approx(
+        delta.square().mean().item(), rel=1e-6)
+    assert sde.ml_loss(x, mu, x0, noise, t, "x0", "posterior", "l2").item() < 1e-15
+    with pytest.raises(ValueError, match="norm"):
+        sde.ml_loss(x, mu, x0, eps, t, "x0", "posterior", "l3")
+
+
+@SETTINGS
+@given(st.integers(20, 400), st.floats(0.05, 0.45), st.floats(0.2, 0.8), st.integers(1, 20))
+def test_l2_ml_loss_fits_the_posterior_mean_and_l1_the_median(n, p_rain, brightness, i):
+    """Why the tiny recipe uses norm="l2": when one input (x_t, mu) comes from clean images
+    x0 = c and, in a fraction p_rain < 1/2 of cases, from c - b (the input's brightness is rain),
+    the x0_hat that minimises the l1 loss is the median, c: it keeps all of the brightening, a
+    colour shift of p_rain * b on average. The l2 loss is minimised by the mean, c - p_rain * b,
+    unbiased. Each loss is minimised over a grid of x0_hat between c - b and c."""
+    sde = irsde.IRSDE(10 / 255, T=20)
+    t, c = torch.tensor([i]), 0.9
+    rain = (torch.arange(n) < round(p_rain * n)).double().reshape(n, 1, 1, 1)
+    x0 = c - brightness * rain                                   # n clean images behind one input
+    mu = torch.full((n, 1, 1, 1), c, dtype=torch.float64)
+    x = sde.mean(mu, x0.mean().expand(n, 1, 1, 1), t)           # the one shared state x_t
+    grid = torch.linspace(c - brightness, c, 201, dtype=torch.float64)
+    for norm, expected in (("l1", c), ("l2", x0.mean().item())):
+        losses = [sde.ml_loss(x, mu, x0, sde.noise_from_x0(x, mu, v.expand(n, 1, 1, 1), t), t, "x0",
+                              "posterior", norm) for v in grid]
+        best = grid[torch.stack(losses).argmin()].item()
+        assert best == pytest.approx(expected, abs=brightness / 200 + 1e-9), norm

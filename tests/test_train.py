@@ -278,6 +278,10 @@ def test_resume_refuses_flags_that_differ_from_the_run(sr_run, tmp_path):
             train.main(["--resume", path, "--iters", "4", *flags])
     same = train.parse_args(["--resume", path, "--lr", str(ckpt["config"]["args"]["lr"]), "--data", str(folder)])
     assert train.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
+    before = {**ckpt, "config": {**ckpt["config"], "args": {k: v for k, v in ckpt["config"]["args"].items()
+                                                         if k != "loss_norm"}}}  # written before --loss-norm
+    assert ckpt["config"]["args"]["loss_norm"] == "l2"
+    assert train.resume_args(train.parse_args(["--resume", path]), before, path).loss_norm == "l1"
 
 
 def test_resume_of_a_finished_run_asks_for_more_iters(sr_run):
@@ -344,6 +348,13 @@ def test_tiny_denoising_draws_uniform_indices():
     """The tiny preset trains where its sampler evaluates, except for denoising (t* varies)."""
     parse = lambda task: train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny"]))
     assert parse("derain").t_draw == "sampler" and parse("denoise").t_draw == "uniform"
+
+
+def test_the_cnn_baseline_keeps_the_papers_l1_in_every_preset():
+    parse = lambda *flags: train.fill_defaults(train.parse_args(["--task", "derain", *flags]))
+    assert parse("--preset", "tiny").loss_norm == "l2" and parse().loss_norm == "l1"
+    assert parse("--preset", "tiny", "--loss", "cnn").loss_norm == "l1"
+    assert parse("--preset", "tiny", "--loss", "cnn", "--loss-norm", "l2").loss_norm == "l2"
 
 
 def test_precision_is_chosen_by_the_device(monkeypatch):
