@@ -209,27 +209,25 @@ def bench_reference(args, device):
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
 
 def ablation_variants(task_default):
-    """(name, task, train.py flags, seeds): the tiny recipe (one posterior step, L2), the same
-    with L1, the former recipe (3 steps, L1), the paper's CNN baseline (L1) and one with L2, and
-    the former recipe with one change each: losses, schedules and lambda shape the reverse
-    process, which one step from x_T barely uses. lambda is halved and doubled around the task's
-    default (train.TASK_SDE)."""
+    """(name, task, train.py flags, seeds): the tiny recipe (one posterior step), the same in L2,
+    the former recipe (3 steps) and the CNN baseline, and the former recipe with one change each:
+    losses, schedules and lambda shape the reverse process, which one step from x_T barely uses.
+    lambda is halved and doubled around the task's default (train.TASK_SDE)."""
     lam = task_default["max_sigma"]
-    former = ["--sample-steps", "3", "--loss-norm", "l1"]
+    steps3 = ["--sample-steps", "3"]
     return [
-        ("IR-SDE, 1 posterior step, L2 (tiny recipe)", "derain", [], (0, 1)),
-        ("IR-SDE, 1 posterior step, L1", "derain", ["--loss-norm", "l1"], (0, 1)),
-        ("IR-SDE, 3 posterior steps, L1", "derain", former, (0, 1)),
+        ("IR-SDE, 1 posterior step (tiny recipe)", "derain", [], (0, 1)),
+        ("IR-SDE, 1 posterior step, L2", "derain", ["--loss-norm", "l2"], (0, 1)),
+        ("IR-SDE, 3 posterior steps", "derain", steps3, (0, 1)),
         ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
-        ("CNN baseline, L2", "derain", ["--loss", "cnn", "--loss-norm", "l2"], (0,)),
         ("paper's ML loss (Euler-Maruyama step), uniform indices", "derain",
-         ["--loss", "ml", "--t-draw", "uniform", *former], (0,)),
-        ("noise matching, eq. 10", "derain", ["--loss", "noise", *former], (0,)),
-        ("linear schedule", "derain", ["--schedule", "linear", *former], (0,)),
-        ("constant schedule", "derain", ["--schedule", "constant", *former], (0,)),
-        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}", *former], (0,)),
-        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}", *former], (0,)),
-        ("denoising SDE, sigma 25", "denoise", former, (0,)),
+         ["--loss", "ml", "--t-draw", "uniform", *steps3], (0,)),
+        ("noise matching, eq. 10", "derain", ["--loss", "noise", *steps3], (0,)),
+        ("linear schedule", "derain", ["--schedule", "linear", *steps3], (0,)),
+        ("constant schedule", "derain", ["--schedule", "constant", *steps3], (0,)),
+        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}", *steps3], (0,)),
+        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}", *steps3], (0,)),
+        ("denoising SDE, sigma 25", "denoise", steps3, (0,)),
     ]
 
 

@@ -230,8 +230,8 @@ class IRSDE:
         lean on the x0 predicted there.
         norm "l1" is the reference's |.|; "l2" squares it, as the negative log-likelihood of the
         Gaussian in eq. 13 does. With the posterior step and "x0" the l2 loss is (x0_hat - x0)^2,
-        minimised by the posterior mean E[x0 | x_t, mu]; l1 is minimised by the median, which
-        keeps the input's brightening where rain is uncertain (its distribution is skewed)."""
+        minimised by the posterior mean E[x0 | x_t, mu]; l1 is minimised by the median (README,
+        "The CPU preset", for what each does to rain)."""
         if step == "sde":
             mean = self.reverse_sde_mean(x, mu, noise_pred, t)
         elif step == "posterior":

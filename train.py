@@ -63,7 +63,7 @@ PRESETS = {
                   T=100, schedule="cosine", clip_x0=False, sampler="posterior", sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
     "tiny": dict(net="tiny", iters=800, batch=8, crop=64, lr=1e-3,
-                 milestones=[550, 700], loss="ml-posterior", loss_norm="l2", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
+                 milestones=[550, 700], loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
                  T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=1,
                  log_every=100, val_every=400, save_every=400, workers=0),
 }
@@ -89,8 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
                    help="ml: eq. 15 (Euler-Maruyama mean, paper); ml-posterior: eq. 15 with the posterior "
                    "step's mean (eq. 14 with x0_hat); noise: eq. 10; cnn: the paper's CNN baseline (LQ -> HQ, L1 in the paper)")
-    p.add_argument("--loss-norm", choices=["l1", "l2"], help="distance in the ML loss: |.| (paper) or its "
-                   "square (the Gaussian log-likelihood of eq. 13); the CNN baseline takes L1 unless given")
+    p.add_argument("--loss-norm", choices=["l1", "l2"], help="distance in the ML loss and the CNN baseline: "
+                   "|.| (paper, every preset) or its square (the Gaussian log-likelihood of eq. 13)")
     p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
     p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
     p.add_argument("--t-draw", choices=["uniform", "sampler"],
@@ -121,8 +121,6 @@ def fill_defaults(args):
         args.sampler = "ode" if args.preset == "paper" else "ddim"
     if args.task == "denoise" and args.t_draw is None:  # its sampler starts at t*, which depends on sigma
         args.t_draw = "uniform"
-    if args.loss == "cnn" and args.loss_norm is None:  # the paper's CNN baseline, whatever the preset
-        args.loss_norm = "l1"
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)

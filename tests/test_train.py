@@ -280,8 +280,7 @@ def test_resume_refuses_flags_that_differ_from_the_run(sr_run, tmp_path):
     assert train.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
     before = {**ckpt, "config": {**ckpt["config"], "args": {k: v for k, v in ckpt["config"]["args"].items()
                                                          if k != "loss_norm"}}}  # written before --loss-norm
-    assert ckpt["config"]["args"]["loss_norm"] == "l2"
-    assert train.resume_args(train.parse_args(["--resume", path]), before, path).loss_norm == "l1"
+    assert train.resume_args(train.parse_args(["--resume", path, "--loss-norm", "l1"]), before, path).loss_norm == "l1"
 
 
 def test_resume_of_a_finished_run_asks_for_more_iters(sr_run):
@@ -350,11 +349,22 @@ def test_tiny_denoising_draws_uniform_indices():
     assert parse("derain").t_draw == "sampler" and parse("denoise").t_draw == "uniform"
 
 
-def test_the_cnn_baseline_keeps_the_papers_l1_in_every_preset():
-    parse = lambda *flags: train.fill_defaults(train.parse_args(["--task", "derain", *flags]))
-    assert parse("--preset", "tiny").loss_norm == "l2" and parse().loss_norm == "l1"
-    assert parse("--preset", "tiny", "--loss", "cnn").loss_norm == "l1"
-    assert parse("--preset", "tiny", "--loss", "cnn", "--loss-norm", "l2").loss_norm == "l2"
+def test_loss_norm_reaches_the_ml_loss_and_the_cnn_baseline():
+    """--loss-norm l2 squares the error of both; every preset keeps the paper's L1."""
+    base = ["--task", "derain", "--preset", "tiny", "--T", "20"]
+    lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset("derain", crop=16)[i] for i in range(2)]))
+    for loss in ("ml-posterior", "cnn"):
+        values = {}
+        for norm in ("l1", "l2"):
+            args = train.fill_defaults(train.parse_args([*base, "--loss", loss, "--loss-norm", norm]))
+            torch.manual_seed(0)
+            net, sde = train.build(args, torch.device("cpu"))
+            values[norm] = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
+        # the untrained network returns its input (zero head): the error is gt - lq in both
+        assert values["l2"] == pytest.approx(((gt - lq) ** 2).mean().item(), rel=1e-5), loss
+        assert values["l1"] == pytest.approx((gt - lq).abs().mean().item(), rel=1e-5), loss
+    for preset in ("tiny", "paper"):
+        assert train.fill_defaults(train.parse_args(["--task", "derain", "--preset", preset])).loss_norm == "l1"
 
 
 def test_precision_is_chosen_by_the_device(monkeypatch):
