@@ -168,7 +168,9 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
 
 
 def test_cli_exit_code_and_message(tmp_path):
-    result = subprocess.run([sys.executable, "train.py", "--task", "derain", "--data", str(tmp_path / "none")],
+    # --out: the repository's runs/derain may hold the quick start's checkpoint, refused first
+    result = subprocess.run([sys.executable, "train.py", "--task", "derain", "--data", str(tmp_path / "none"),
+                             "--out", str(tmp_path / "run")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=ONE_THREAD)
     assert result.returncode != 0 and "error:" in result.stderr and str(tmp_path / "none") in result.stderr
 
