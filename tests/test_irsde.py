@@ -452,11 +452,11 @@ def test_posterior_step_ml_loss_is_the_x0_error_with_optimum_x0(sde, denoising, 
 @SETTINGS
 @given(st.integers(20, 400), st.floats(0.05, 0.45), st.floats(0.2, 0.8), st.integers(1, 20))
 def test_l2_ml_loss_fits_the_posterior_mean_and_l1_the_median(n, p_rain, brightness, i):
-    """Why the tiny recipe uses norm="l2": when one input (x_t, mu) comes from clean images
-    x0 = c and, in a fraction p_rain < 1/2 of cases, from c - b (the input's brightness is rain),
-    the x0_hat that minimises the l1 loss is the median, c: it keeps all of the brightening, a
-    colour shift of p_rain * b on average. The l2 loss is minimised by the mean, c - p_rain * b,
-    unbiased. Each loss is minimised over a grid of x0_hat between c - b and c."""
+    """What norm="l2" changes (measured in the README, not adopted): when one input (x_t, mu) comes
+    from clean images x0 = c and, in a fraction p_rain < 1/2 of cases, from c - b (the input's
+    brightness is rain), the x0_hat that minimises the l1 loss is the median, c: it keeps all of
+    the brightening, a colour shift of p_rain * b on average. The l2 loss is minimised by the
+    mean, c - p_rain * b, unbiased. Each loss is minimised over a grid of x0_hat in [c - b, c]."""
     sde = irsde.IRSDE(10 / 255, T=20)
     t, c = torch.tensor([i]), 0.9
     rain = (torch.arange(n) < round(p_rain * n)).double().reshape(n, 1, 1, 1)
