@@ -96,6 +96,7 @@ def bench_train(args, device):
 
 def bench_sample(args, device):
     net, sde, config = sample.load_checkpoint(args.checkpoint, device)
+    check_sweep(args.checkpoint, args.steps, sde, config)
     val_set = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val")
     pairs = [val_set[k] for k in range(len(val_set))]
     print(f"| sampler | NFE | PSNR-Y (dB) | PSNR (dB) | s / image | ({machine(device)}, {len(pairs)} images "
@@ -116,6 +117,16 @@ def bench_sample(args, device):
             seconds = (time.perf_counter() - start) / len(pairs)
             mean = sample.mean_row(scores)
             print(f"| {sampler} | {steps} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |", flush=True)
+
+
+def check_sweep(path, steps, sde, config):
+    """Refuse, before the first row, step counts the checkpoint cannot run (1..T, or 1..t* for denoising)."""
+    if sde is None:
+        raise data.DataError(f"{path}: the CNN baseline restores in one pass; it has no samplers to sweep")
+    t_start = sde.start_index(data.NOISE_SIGMA) if config["task"] == "denoise" else sde.T
+    bad = [n for n in steps if not 1 <= n <= t_start]
+    if bad:
+        raise data.DataError(f"--steps {' '.join(map(str, bad))}: {path} runs 1 to {t_start} steps")
 
 
 def load_reference(root):
@@ -209,25 +220,30 @@ def bench_reference(args, device):
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
 
 def ablation_variants(task_default):
-    """(name, task, train.py flags, seeds): the tiny recipe (one posterior step), the same in L2,
-    the former recipe (3 steps) and the CNN baseline, and the former recipe with one change each:
-    losses, schedules and lambda shape the reverse process, which one step from x_T barely uses.
-    lambda is halved and doubled around the task's default (train.TASK_SDE)."""
+    """(name, task, train.py flags, seeds): the tiny recipe (3 posterior steps, trained on the
+    sampler's own chain) and the CNN baseline trained alike; then the former recipes as they were
+    measured (64 x 64 crops, 800 steps, x_t from the forward process): 1 posterior step, the same
+    in L2, 3 steps, their CNN, and the former 3-step recipe with one change each (losses,
+    schedules, lambda halved and doubled around the task's default, train.TASK_SDE)."""
     lam = task_default["max_sigma"]
-    steps3 = ["--sample-steps", "3"]
+    former = ["--crop", "64", "--iters", "800", "--milestones", "550", "700"]
+    steps1 = ["--t-draw", "sampler", "--sample-steps", "1", *former]
+    steps3 = ["--t-draw", "sampler", "--sample-steps", "3", *former]
     return [
-        ("IR-SDE, 1 posterior step (tiny recipe)", "derain", [], (0, 1)),
-        ("IR-SDE, 1 posterior step, L2", "derain", ["--loss-norm", "l2"], (0, 1)),
-        ("IR-SDE, 3 posterior steps", "derain", steps3, (0, 1)),
+        ("IR-SDE, 3 posterior steps on its own chain (tiny recipe)", "derain", [], (0, 1)),
         ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
+        ("former recipe: 1 posterior step", "derain", steps1, (0, 1)),
+        ("former recipe: 1 posterior step, L2", "derain", [*steps1, "--loss-norm", "l2"], (0, 1)),
+        ("former recipe: 3 posterior steps", "derain", steps3, (0, 1)),
+        ("former recipe: CNN baseline", "derain", ["--loss", "cnn", *former], (0, 1)),
         ("paper's ML loss (Euler-Maruyama step), uniform indices", "derain",
-         ["--loss", "ml", "--t-draw", "uniform", *steps3], (0,)),
-        ("noise matching, eq. 10", "derain", ["--loss", "noise", *steps3], (0,)),
-        ("linear schedule", "derain", ["--schedule", "linear", *steps3], (0,)),
-        ("constant schedule", "derain", ["--schedule", "constant", *steps3], (0,)),
-        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}", *steps3], (0,)),
-        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}", *steps3], (0,)),
-        ("denoising SDE, sigma 25", "denoise", steps3, (0,)),
+         [*steps3, "--loss", "ml", "--t-draw", "uniform"], (0,)),
+        ("noise matching, eq. 10", "derain", [*steps3, "--loss", "noise"], (0,)),
+        ("linear schedule", "derain", [*steps3, "--schedule", "linear"], (0,)),
+        ("constant schedule", "derain", [*steps3, "--schedule", "constant"], (0,)),
+        (f"lambda {lam / 2:g}/255 (half)", "derain", [*steps3, "--max-sigma", f"{lam / 2:g}"], (0,)),
+        (f"lambda {lam * 2:g}/255 (double)", "derain", [*steps3, "--max-sigma", f"{lam * 2:g}"], (0,)),
+        ("denoising SDE, sigma 25", "denoise", ["--sample-steps", "3", *former], (0,)),
     ]
 
 
@@ -410,8 +426,7 @@ def bench_figures(args, device):
     out.mkdir(parents=True, exist_ok=True)
     runs = {(r["variant"], r["seed"]): r for r in rows if r["kind"] == "run"}
     names = list(dict.fromkeys(name for name, _ in runs))
-    panels = [("loss (Fig. 10)", [n for n in names if "IR-SDE" in n or "noise" in n or "CNN" in n or "ML" in n
-                                  or "indices" in n]),
+    panels = [("loss (Fig. 10)", [n for n in names if not any(w in n for w in ("schedule", "lambda", "denoising"))]),
               ("theta schedule (Fig. 11)", [n for n in names if "3 posterior" in n or "schedule" in n]),
               ("lambda", [n for n in names if "3 posterior" in n or "lambda" in n])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True)
@@ -464,7 +479,7 @@ def main(argv=None):
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="train.py presets to time (train)")
     p.add_argument("--checkpoint", help="checkpoint to sample from (sample)")
     p.add_argument("--reference", help="checkout of Algolzw/image-restoration-sde (reference)")
-    p.add_argument("--samplers", nargs="*", default=["posterior", "ddim", "sde", "ode"])
+    p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS), default=list(irsde.SAMPLERS))
     p.add_argument("--steps", type=int, nargs="*", default=[100, 50, 20, 10, 5])
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")

@@ -340,7 +340,7 @@ def _gopro_pairs(root):
     return pairs
 
 
-def _header_size(path):
+def image_size(path):
     """(width, height) from the file header only (cheap)."""
     try:
         with Image.open(path) as im:
@@ -354,7 +354,7 @@ def _check_sizes(pairs, scale):
     if scale is not None and (int(scale) != scale or scale < 1):
         raise DataError(f"scale must be a positive integer, got {scale!r}")
     for lq, gt in pairs:
-        (lw, lh), (gw, gh) = _header_size(lq), _header_size(gt)
+        (lw, lh), (gw, gh) = image_size(lq), image_size(gt)
         if scale is None:
             scale = max(1, round(gw / lw))
         if (lw, lh) != (gw // scale, gh // scale):
@@ -368,8 +368,8 @@ class PairedFolder(Dataset):
 
     crop=None: whole images, no randomness (validation / test). crop=int: a random aligned
     crop (GT crop x crop, LQ crop // scale), then, if `augment`, one of the 8 flips/90-degree
-    rotations (section 8). Images smaller than the crop are mirror-padded (symmetric, which
-    keeps LQ and GT aligned for scale > 1). For scale > 1 the LQ is upsampled bicubically to
+    rotations (section 8). A GT image smaller than the crop is refused (padding it would train
+    on reflections that no test image has). For scale > 1 the LQ is upsampled bicubically to
     the GT size, as the reference code feeds SR inputs (section 9), so lq and gt have the
     same shape; GT sides that are not multiples of scale are cropped ("modcrop").
     Randomness: np.random.default_rng([seed, epoch, idx]); call set_epoch(e) every epoch.
@@ -382,6 +382,12 @@ class PairedFolder(Dataset):
         if crop is not None and (int(crop) != crop or crop < 1 or crop % self.scale):
             raise DataError(f"{self.root}: crop must be a positive multiple of scale "
                             f"{self.scale}, got {crop!r}")
+        small = [gt for _, gt in self.pairs if crop is not None and min(image_size(gt)) < crop]
+        if small:  # they would be mirror-padded: training on reflections the test images never have
+            w, h = image_size(small[0])
+            raise DataError(f"{small[0]}: {w}x{h}, smaller than the training crop {crop} ({len(small)} of "
+                            f"{len(self.pairs)} GT images are); train with --crop {min(min(image_size(gt)) for _, gt in self.pairs)} "
+                            "or less, or leave those images out")
         self.crop, self.seed, self.augment, self.epoch = crop, seed, augment, 0
 
     def set_epoch(self, epoch):
@@ -432,19 +438,9 @@ def _check_index(idx, n):
     return int(idx) % n
 
 
-def _pad_to(img, h, w):
-    """Mirror-pad (symmetric) at the bottom/right to at least h x w."""
-    ph, pw = max(0, h - img.shape[1]), max(0, w - img.shape[2])
-    if ph == 0 and pw == 0:
-        return img
-    return torch.from_numpy(np.pad(img.numpy(), ((0, 0), (0, ph), (0, pw)), mode="symmetric"))
-
-
 def _paired_crop(lq, gt, crop, scale, rng):
     """Random crop at the same place: GT crop x crop, LQ (crop // scale)^2."""
     c = crop // scale
-    lq = _pad_to(lq, c, c)
-    gt = _pad_to(gt, lq.shape[1] * scale, lq.shape[2] * scale)
     y = int(rng.integers(lq.shape[1] - c + 1))
     x = int(rng.integers(lq.shape[2] - c + 1))
     return (lq[:, y:y + c, x:x + c],

@@ -12,7 +12,9 @@ there: the Gaussian-denoising SDE of Sec. 4.3, where mu = x0 is unknown (PAPER.m
 
 A network is used as model(x, mu, t) -> predicted noise (eq. 10); `noise_model` adapts networks
 that predict x0 instead. Samplers follow k-diffusion: sample_X(model, sde, x, mu, ts, ...) runs
-from the state x at index ts[0] down to ts[-1] = 0; `sample` and `denoise` build x and ts.
+from the state x at index ts[0] down to ts[-1] = 0; `sample` and `denoise` build x and ts. Before
+each step from t to s the callback receives dict(i, t, s, x, x0): x the state at t that the
+network sees and x0 its prediction from that state.
 """
 import math
 
@@ -299,9 +301,9 @@ def sample_sde(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=Fal
     """Euler-Maruyama on the reverse IR-SDE (eq. 7); with every index it is the reference's loop."""
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
+        if callback is not None:  # the state at t and the x0 predicted from it
+            callback(dict(i=i, t=t, s=s, x=x, x0=x0))
         x = sde.reverse_sde_step(x, mu, noise, t, s, generator)  # Euler-Maruyama step
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0=x0))
     return x
 
 
@@ -310,9 +312,9 @@ def sample_ode(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=Fal
     """Euler on the probability-flow ODE of eq. 7 (the denoising ODE, eq. 16, when mu is None)."""
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
+        if callback is not None:  # the state at t and the x0 predicted from it
+            callback(dict(i=i, t=t, s=s, x=x, x0=x0))
         x = sde.reverse_ode_step(x, mu, noise, t, s)  # Euler step, no new noise
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0=x0))
     return x
 
 
@@ -321,9 +323,9 @@ def sample_posterior(model, sde, x, mu, ts, generator=None, callback=None, clip_
     """Ancestral sampling from p(x_s | x_t, x0_hat) (eq. 14 and its variance; PAPER.md §7 for s < t - 1)."""
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
+        if callback is not None:  # the state at t and the x0 predicted from it
+            callback(dict(i=i, t=t, s=s, x=x, x0=x0))
         x = sde.posterior_step(x, mu, x0, t, s, generator)  # posterior draw; deterministic at s = 0
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0=x0))
     return x
 
 
@@ -332,9 +334,9 @@ def sample_ddim(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=Fa
     """Deterministic posterior variant: x_s = m_s(x0_hat) + sqrt(v_s) noise_hat (DDIM, eta = 0; PAPER.md §7)."""
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
+        if callback is not None:  # the state at t and the x0 predicted from it
+            callback(dict(i=i, t=t, s=s, x=x, x0=x0))
         x = sde.mean(mu, x0, s) + sde.std(x, s) * noise  # reuse the predicted noise
-        if callback is not None:
-            callback(dict(i=i, t=s, x=x, x0=x0))
     return x
 
 
@@ -353,6 +355,22 @@ def sample(model, sde, mu, steps=None, sampler="posterior", generator=None, **kw
     run = _sampler(sampler)
     x = mu + sde.lam * _randn(mu, generator)
     return run(model, sde, x, mu, timesteps(sde, steps), generator=generator, **kwargs)
+
+
+@torch.no_grad()
+def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, clip_x0=False):
+    """The states a sampler's own chain reaches at the indices t (B,), each in ts: x_T = mu + lambda z
+    as `sample` starts, then one step of `sampler` along ts at a time for the images whose index lies
+    further down. Training on them (train.py --t-draw chain) shows the network x_t as sampling
+    builds it, from its own earlier x0 predictions rather than from the true x0."""
+    run = _sampler(sampler)
+    x = mu + sde.lam * _randn(mu, generator)
+    for t_now, s in zip(ts[:-1], ts[1:]):
+        going = t < t_now
+        if not going.any():
+            break
+        x[going] = run(model, sde, x[going], mu[going], [t_now, s], generator=generator, clip_x0=clip_x0)
+    return x
 
 
 def denoise(model, sde, noisy, noise_sigma, steps=None, sampler="ode", generator=None, **kwargs):

@@ -125,6 +125,11 @@ def ssim(a, b, crop_border=4, y=False):
     return float(np.mean([_ssim_channel(a[..., c], b[..., c]) for c in range(a.shape[2])]))
 
 
+def min_side(crop_border=4):
+    """The smallest image side `evaluate` accepts: the SSIM window after the border crop."""
+    return 2 * crop_border + WINDOW
+
+
 def evaluate(restored, gt, crop_border=4):
     """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md §9)."""
     restored, gt = to_uint8(restored), to_uint8(gt)  # round once, reuse for all four metrics

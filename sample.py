@@ -23,8 +23,9 @@ config) upsamples each input bicubically by s, as training did; GT must then be 
 
 Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
 and on Y with --crop-border pixels cut, PAPER.md §9); DIR/compare/<stem>.png (LQ |
-restored | GT) with --compare; DIR/trajectory/<stem>.png (intermediate states towards x_0 on
-top, the network's x0 prediction at each of them below) with --trajectory.
+restored | GT) with --compare; DIR/trajectory/<stem>.png with --trajectory: the reverse process,
+the state x_t the network sees at up to 8 of its steps on top and the x0 it predicts from that
+state below, each column labelled with t, then the restored x_0 above the GT.
 
 Outputs never land where inputs are: the output folder and its compare/ and trajectory/
 subfolders may not hold input or GT images nor lie inside a folder given as --input or --gt.
@@ -44,16 +45,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 import irsde
 import metrics
 from data import (NOISE_SIGMA, DataError, _keyed, _match, atomic_write, check_writable, detect_layout, find_pairs,
-                  list_images, load_image, save_image, upsample)
+                  image_size, list_images, load_image, save_image, upsample)
 from unet import UNet, from_reference_state_dict
 
 TRAJECTORY_STATES = 8  # states shown in a trajectory strip (the paper's Fig. 6)
 GAP = 4  # white pixels between the pictures of a strip
+LABEL_HEIGHT = 12  # the band naming the columns of a trajectory picture
 MIN_TILE = 128  # smaller tiles give the network too little context: a warning (to be measured on the final U-Net)
 
 
@@ -267,25 +271,44 @@ def _windows(n, tile, overlap):
 # ---- trajectory and pictures -----------------------------------------------------------------
 
 class Trajectory:
-    """Sampler callback keeping ~8 evenly spaced steps down to x_0 (the paper's Fig. 6): the
-    states x_t and, below them, the network's x0 prediction at each of those steps."""
+    """Sampler callback for the picture of the reverse process (the paper's Fig. 6). At up to 8
+    evenly spaced network evaluations from the first (t = T, or t* for denoising) to the last, it
+    keeps the state x_t that the network saw (top row) and the x0 it predicted from that state
+    (bottom row); `picture` labels each column with its t and adds the restored x_0 above the GT."""
 
-    def __init__(self, sde, config, steps, noise_sigma):
-        t_start = sde.start_index(noise_sigma) if config["task"] == "denoise" else sde.T
-        indices = irsde.timesteps(sde, steps or config["sampling"]["steps"], t_start)[1:]
-        picks = torch.linspace(0, len(indices) - 1, min(TRAJECTORY_STATES, len(indices)))
-        self.keep = {indices[k] for k in picks.round().long().tolist()}  # first state ... x_0
-        self.states, self.predictions = [], []
+    def __init__(self, ts):
+        evaluated = ts[:-1]
+        picks = torch.linspace(0, len(evaluated) - 1, min(TRAJECTORY_STATES, len(evaluated)))
+        self.keep = {evaluated[k] for k in picks.round().long().tolist()}
+        self.columns = []
 
     def __call__(self, step):
         if step["t"] in self.keep:
-            self.states.append(step["x"][0].float().clamp(0, 1).cpu())
-            self.predictions.append(step["x0"][0].float().clamp(0, 1).cpu())
+            self.columns.append((f"t={step['t']}", step["x"][0].float().clamp(0, 1).cpu(),
+                                 step["x0"][0].float().clamp(0, 1).cpu()))
 
-    def picture(self):
-        """States on top, x0 predictions below, separated by a white gap."""
-        top, bottom = strip(self.states), strip(self.predictions)
-        return torch.cat([top, torch.ones(3, GAP, top.shape[2]), bottom], dim=1)
+    def picture(self, restored, gt=None):
+        """x_t over x0_hat(x_t) for each kept t, then x_0 over the GT (white without one)."""
+        gt = torch.ones_like(restored) if gt is None else gt
+        labels, top, bottom = zip(*self.columns, ("x_0 / GT", restored, gt))
+        return labelled(torch.cat([strip(top), torch.ones(3, GAP, strip(top).shape[2]), strip(bottom)], dim=1),
+                        labels, restored.shape[2])
+
+
+def trajectory_steps(sde, config, steps, noise_sigma):
+    """The indices a restoration of this checkpoint runs through (T, or t* for denoising, down to 0)."""
+    t_start = sde.start_index(noise_sigma) if config["task"] == "denoise" else sde.T
+    return irsde.timesteps(sde, steps or config["sampling"]["steps"], t_start)
+
+
+def labelled(picture, labels, width):
+    """picture with a white band above it naming each column of `width` pixels (GAP apart)."""
+    band = Image.new("RGB", (picture.shape[2], LABEL_HEIGHT), "white")
+    draw = ImageDraw.Draw(band)
+    for k, label in enumerate(labels):
+        draw.text((k * (width + GAP) + 2, 1), label, fill="black", font=ImageFont.load_default())
+    band = torch.from_numpy(np.asarray(band, dtype=np.float32) / 255).permute(2, 0, 1)
+    return torch.cat([band, picture], dim=1)
 
 
 def strip(images):
@@ -489,9 +512,10 @@ def check_args(args, sde, config):
     args.sampler = args.sampler or config["sampling"]["sampler"]
     args.steps = sampling_steps(args, config["sampling"]["steps"], t_start, start)
     trained = config.get("args", {})
-    if trained.get("t_draw") == "sampler" and args.steps != trained.get("sample_steps"):
+    if trained.get("t_draw") in ("sampler", "chain") and args.steps != trained.get("sample_steps"):
         print(f"note: {args.checkpoint} was trained only at the indices of its {trained['sample_steps']} "
-              f"sampling step(s) (--t-draw sampler); --steps {args.steps} also asks it about indices it never saw")
+              f"sampling step(s) (--t-draw {trained['t_draw']}); --steps {args.steps} also asks it about "
+              "indices it never saw")
 
 
 def sampling_steps(args, stored, available, start):
@@ -547,6 +571,7 @@ def run(args):
     if args.trajectory and sde is None:
         print("--trajectory: the CNN baseline has no intermediate states; no trajectory written")
     jobs = find_jobs(args.input, args.gt, config["scale"])
+    check_sizes(jobs, config["scale"], args.crop_border, args.tile)
     names = output_names([lq for lq, _ in jobs])
     out = Path(args.output)
     prepare_output(out, jobs, (args.input, args.gt), [s for s in OUTPUT_SUBFOLDERS if getattr(args, s)])
@@ -594,15 +619,36 @@ def restore_file(args, net, sde, config, lq_path, gt_path, out, name, device):
     noise_sigma = None if args.noise_sigma is None else args.noise_sigma / 255
     # one generator per image, seeded alike: a result does not depend on the other images
     generator = torch.Generator(device).manual_seed(args.seed)
-    trajectory = Trajectory(sde, config, args.steps, noise_sigma) if args.trajectory and sde is not None else None
+    trajectory = (Trajectory(trajectory_steps(sde, config, args.steps, noise_sigma))
+                  if args.trajectory and sde is not None else None)
     restored = restore(net, sde, config, lq[None].to(device), args.sampler, args.steps, generator,
                        noise_sigma, args.tile, args.overlap, trajectory)[0].float().cpu()
     save_image(restored, out / f"{name}.png")
     if args.compare:
         save_image(strip([lq, restored] + ([gt] if gt is not None else [])), out / "compare" / f"{name}.png")
     if trajectory is not None:
-        save_image(trajectory.picture(), out / "trajectory" / f"{name}.png")
+        save_image(trajectory.picture(restored, gt), out / "trajectory" / f"{name}.png")
     return restored, gt
+
+
+def check_sizes(jobs, scale, crop_border, tile):
+    """Every input against the flags that depend on its size, from the file headers, before anything
+    is written: a GT must be scale x its LQ (fit_gt's rule) and large enough for the metrics with
+    --crop-border (metrics.min_side). A --tile that no image exceeds is noted: it changes nothing."""
+    sizes = [image_size(lq) for lq, _ in jobs]
+    for (lq_path, gt_path), (w, h) in zip(jobs, sizes):
+        if gt_path is None:
+            continue
+        gw, gh = image_size(gt_path)
+        if (gw // scale, gh // scale) != (w, h):
+            need = f" (this x{scale} checkpoint needs GT = LQ size x {scale})" if scale > 1 else ""
+            raise DataError(f"size mismatch: {lq_path} is {w}x{h} but {gt_path} is {gw}x{gh}{need}")
+        if min(w, h) * scale < metrics.min_side(crop_border):
+            raise DataError(f"{gt_path}: {w * scale}x{h * scale}, too small for the metrics with --crop-border "
+                            f"{crop_border} (they need {metrics.min_side(crop_border)} pixels a side); "
+                            f"lower --crop-border or leave out --gt")
+    if tile is not None and all(max(w, h) * scale <= tile for w, h in sizes):
+        print(f"note: --tile {tile}: no input is larger, so every image is restored whole")
 
 
 def fit_gt(gt, lq, scale, lq_path, gt_path):

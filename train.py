@@ -47,6 +47,8 @@ import sample
 from unet import build_unet
 
 VAL_CROP = 128  # synthetic validation images are 128 x 128 whatever the training crop
+VAL_BORDER = 4  # pixels cut at each border before PSNR/SSIM, as the reference test configs (PAPER.md §9)
+TRAJECTORY_IMAGES = 3  # validation images whose reverse process is pictured
 
 # Per-task SDE settings of the reference configs (PAPER.md §5, §6): lambda on the 0-255 scale.
 TASK_SDE = {
@@ -62,10 +64,10 @@ PRESETS = {
                   milestones=[200_000, 400_000, 600_000], loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform", ema=0.995,
                   T=100, schedule="cosine", clip_x0=False, sampler="posterior", sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
-    "tiny": dict(net="tiny", iters=800, batch=8, crop=64, lr=1e-3,
-                 milestones=[550, 700], loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="sampler", ema=0.99,
-                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=1,
-                 log_every=100, val_every=400, save_every=400, workers=0),
+    "tiny": dict(net="tiny", iters=1800, batch=8, crop=32, lr=1e-3,
+                 milestones=[1238, 1575], loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain", ema=0.99,
+                 T=100, schedule="cosine", clip_x0=True, sampler="posterior", sample_steps=3,
+                 log_every=100, val_every=600, save_every=600, workers=0),
 }
 
 
@@ -93,8 +95,10 @@ def parse_args(argv=None):
                    "|.| (paper, every preset) or its square (the Gaussian log-likelihood of eq. 13)")
     p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
     p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
-    p.add_argument("--t-draw", choices=["uniform", "sampler"],
-                   help="training indices: uniform on 1..T (paper) or only the --sample-steps indices the sampler evaluates")
+    p.add_argument("--t-draw", choices=["uniform", "sampler", "chain"],
+                   help="training indices and states: uniform on 1..T with x_t from the forward process (paper); "
+                   "sampler: only the --sample-steps indices the sampler evaluates; chain: those indices with x_t "
+                   "built by the sampler's own chain from x_T, as restoration builds it")
     p.add_argument("--net", help="unet preset: paper, small, tiny")
     p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
                    + ", ".join(f"{k} {v['max_sigma']}" for k, v in TASK_SDE.items()) + ")")
@@ -121,6 +125,8 @@ def fill_defaults(args):
         args.sampler = "ode" if args.preset == "paper" else "ddim"
     if args.task == "denoise" and args.t_draw is None:  # its sampler starts at t*, which depends on sigma
         args.t_draw = "uniform"
+    if args.workers is None:  # the preset's loader workers, no more than this machine's cores
+        args.workers = min(PRESETS[args.preset]["workers"], usable_cores())
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -130,6 +136,11 @@ def fill_defaults(args):
                 setattr(args, key, value)
     args.clip_x0 = bool(args.clip_x0)
     return args
+
+
+def usable_cores():
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 RESUME_MAY_CHANGE = ("out", "device", "compile", "fp32", "workers", "iters", "resume")  # not part of the recipe
@@ -182,8 +193,11 @@ def check_args(args):
             value = getattr(args, name.replace("-", "_"))
             shown = " ".join(map(str, value)) if isinstance(value, list) else value  # --milestones
             raise data.DataError(f"--{name} {shown}: must be {rule}")
-    if args.t_draw == "sampler" and args.task == "denoise":
-        raise data.DataError("--t-draw sampler: denoising starts at t* of each noise level; use uniform")
+    if args.t_draw != "uniform" and args.task == "denoise":
+        raise data.DataError(f"--t-draw {args.t_draw}: denoising starts at t* of each noise level; use uniform")
+    if args.t_draw == "chain" and args.loss == "noise":
+        raise data.DataError("--t-draw chain: noise matching (eq. 10) needs the noise of the forward process, "
+                             "which chain states do not have; with --loss noise pass --t-draw sampler or uniform")
     args.device = str(sample.check_device(args.device))
     if "RANK" in os.environ and args.device.startswith("cuda:"):
         raise data.DataError(f"--device {args.device}: under torchrun each process uses the GPU of its "
@@ -249,23 +263,40 @@ def datasets(args, rank):
         if folder is not None:
             if rank == 0:
                 print(f"checking the {len(dataset)} image pairs of {folder}", flush=True)
-            check_images(dataset)
+            check_images(dataset, validation=dataset is not train_set)
     return train_set, val_sets
 
 
-def check_images(dataset):
+def check_images(dataset, validation=False):
     """Decode every pair of a PairedFolder once: each file must decode and the LQ must be the GT
-    size // scale (the headers said so; the pixels must agree). DataError naming the file."""
+    size // scale (the headers said so; the pixels must agree); validation images must be large
+    enough for the metrics (metrics.min_side). DataError naming the file."""
     for lq_path, gt_path in dataset.pairs:
-        sample.fit_gt(data.load_image(gt_path), data.load_image(lq_path), dataset.scale, lq_path, gt_path)
+        gt = sample.fit_gt(data.load_image(gt_path), data.load_image(lq_path), dataset.scale, lq_path, gt_path)
+        if validation and min(gt.shape[1:]) < metrics.min_side(VAL_BORDER):
+            raise data.DataError(f"{gt_path}: {gt.shape[2]}x{gt.shape[1]}, too small to validate on: PSNR/SSIM "
+                                 f"cut {VAL_BORDER} pixels at each border and need {metrics.min_side(VAL_BORDER)} "
+                                 "pixels a side")
 
 
 def optimizers(args, net):
-    """Adam (0.9, 0.99), the learning rate halved at each milestone, and the EMA of the weights."""
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
+    """Adam (0.9, 0.99), the learning rate halved at each milestone, and the EMA of the weights.
+    Adam runs fused (one kernel for all parameters) where torch has it for the device."""
+    try:
+        opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99), fused=True)
+    except RuntimeError:  # torch before 2.4 on the CPU
+        opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.5)
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
     return opt, sched, ema
+
+
+def ignore_stop_signals(worker_id):
+    """Loader workers ignore Ctrl-C and SIGTERM: sent to the whole process group (a terminal, timeout,
+    SLURM, docker stop), they would otherwise kill the workers and the run with them. The main
+    process stops the run; the workers end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StepSampler(Sampler):
@@ -399,21 +430,32 @@ def log_row(log, row):
 def validate(net, sde, config, val_set, device, step, out, name="val"):
     """Mean PSNR/SSIM (RGB and Y, PAPER.md §9) of the restored and of the input images,
     restored exactly as sample.py does, and the worst colour shift over the images (shift_max,
-    metrics.colour_shift); saves a picture <name>_<step>.png, LQ | restored | GT, of the first images."""
+    metrics.colour_shift). Saves <name>_<step>.png, LQ | restored | GT of the first images, and
+    <name>_trajectory_<step>.png, the reverse process of the first ones (sample.Trajectory)."""
     args = config["args"]
     scores, rows, shifts = {"restored": [], "input": []}, [], {"restored": [], "input": []}
+    trajectories = []
     for k in range(min(args["val_images"], len(val_set))):
         lq, gt = val_set[k]
         generator = torch.Generator(device).manual_seed(args["seed"])  # as sample.py: one per image
+        trajectory = None
+        if sde is not None and k < TRAJECTORY_IMAGES:
+            trajectory = sample.Trajectory(sample.trajectory_steps(sde, config, None, data.NOISE_SIGMA))
         restored = sample.restore(net, sde, config, lq[None].to(device), generator=generator,
-                                  noise_sigma=data.NOISE_SIGMA)[0].float().cpu()
-        scores["restored"].append(metrics.evaluate(restored, gt, crop_border=4))
-        scores["input"].append(metrics.evaluate(lq.clamp(0, 1), gt, crop_border=4))
+                                  noise_sigma=data.NOISE_SIGMA, callback=trajectory)[0].float().cpu()
+        scores["restored"].append(metrics.evaluate(restored, gt, crop_border=VAL_BORDER))
+        scores["input"].append(metrics.evaluate(lq.clamp(0, 1), gt, crop_border=VAL_BORDER))
         shifts["restored"].append(metrics.colour_shift(restored, gt))
         shifts["input"].append(metrics.colour_shift(lq.clamp(0, 1), gt))
         if k < 4:
             rows.append(torch.cat([lq.clamp(0, 1), restored, gt], dim=2))
+        if trajectory is not None:
+            trajectories.append(trajectory.picture(restored, gt))
     data.save_image(torch.cat(rows, dim=1), out / f"{name}_{step:07d}.png")
+    if trajectories:
+        gap = torch.ones(3, 2 * sample.GAP, trajectories[0].shape[2])
+        data.save_image(torch.cat([p for t in trajectories for p in (t, gap)][:-1], dim=1),
+                        out / f"{name}_trajectory_{step:07d}.png")
     restored = {**sample.mean_row(scores["restored"]), "shift_max": max(shifts["restored"])}
     given = {**sample.mean_row(scores["input"]), "shift_max": max(shifts["input"])}
     return {**restored, **{f"{key}_input": value for key, value in given.items()}}
@@ -438,8 +480,13 @@ def train_step(net, sde, args, lq, gt, generator):
         return (F.l1_loss if args.loss_norm == "l1" else F.mse_loss)(lq + forward(lq, None, None), gt)
     mu = None if args.task == "denoise" else lq           # denoising SDE: mu = x0 (Sec. 4.3)
     t = draw_indices(sde, args, gt.shape[0], generator, gt.device)
-    x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
-    noise_pred = irsde.noise_model(forward, sde, args.param)(x_t, mu, t)
+    model = irsde.noise_model(forward, sde, args.param)
+    if args.t_draw == "chain":
+        x_t = irsde.chain_states(model, sde, mu, t, irsde.timesteps(sde, args.sample_steps), args.sampler,
+                                 generator, args.clip_x0)
+    else:
+        x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
+    noise_pred = model(x_t, mu, t)
     if args.loss == "noise":
         return sde.noise_matching_loss(noise_pred, noise)
     step = "posterior" if args.loss == "ml-posterior" else "sde"
@@ -464,7 +511,7 @@ def native_cpu_bf16():
 
 def draw_indices(sde, args, n, generator, device):
     """Training indices t: uniform on 1..T (the paper), or uniform over the indices the few-step
-    sampler evaluates (timesteps(sde, --sample-steps) without its final 0)."""
+    sampler evaluates (timesteps(sde, --sample-steps) without its final 0; --t-draw sampler, chain)."""
     if args.t_draw == "uniform":
         return torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
     grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
@@ -536,7 +583,7 @@ def main(argv=None):
     loader = DataLoader(EpochIndexed(train_set), batch_size=args.batch,
                         sampler=StepSampler(len(train_set), args.seed, rank, world, step * args.batch),
                         num_workers=args.workers, pin_memory=cuda, persistent_workers=args.workers > 0,
-                        prefetch_factor=4 if args.workers > 0 else None)
+                        prefetch_factor=4 if args.workers > 0 else None, worker_init_fn=ignore_stop_signals)
     progress = Progress(out / "last.pt", step, (net, ema, opt, sched, generator, config))
     if rank == 0:
         precision = "bf16 autocast" if bf16_training(device, args.fp32) else "float32"
@@ -549,7 +596,7 @@ def main(argv=None):
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with open_log(out / "metrics.jsonl") if rank == 0 else contextlib.nullcontext() as log:
-            tic, tic_step = time.time(), step
+            pace = Pace(step)
             for lq, gt in loader:
                 if step >= args.iters or stop["signal"] is not None:
                     break
@@ -570,13 +617,15 @@ def main(argv=None):
 
                 last_step = step == args.iters
                 if rank == 0 and (step % args.log_every == 0 or last_step):
-                    log_training(log, args, step, loss, sched.get_last_lr()[0], world, tic, tic_step)
+                    log_training(log, args, step, loss, sched.get_last_lr()[0], world, pace.its(step))
+                if rank == 0 and pace.estimate_due(step):
+                    print(pace.estimate(step, args.iters, device), flush=True)
                 if rank == 0 and (step % args.val_every == 0 or last_step):
                     ema.module.eval()
                     log_validation(log, step, {name: validate(ema.module, sde, config, val_set, device, step,
                                                               out, name) for name, val_set in val_sets.items()})
                     ema.module.train()
-                    tic, tic_step = time.time(), step  # keep validation out of the it/s figures
+                    pace.reset(step)  # keep validation out of the it/s figures
                 if rank == 0 and (step % args.save_every == 0 or last_step):
                     progress.save()
     except FloatingPointError:
@@ -591,13 +640,53 @@ def main(argv=None):
     finish(progress, stop["signal"], net, rank, world)
 
 
-def log_training(log, args, step, loss, lr, world, tic, tic_step):
+def log_training(log, args, step, loss, lr, world, its):
     """Print and log the loss, speed and learning rate."""
-    its = (step - tic_step) / max(time.time() - tic, 1e-9)
     eta = (args.iters - step) / max(its, 1e-9)
     print(f"step {step:>7d} | loss {loss.item():.5f} | {its:.2f} it/s | {its * args.batch * world:.1f} img/s"
           f" | lr {lr:.2e} | eta {eta / 60:.1f} min", flush=True)
     log_row(log, dict(step=step, loss=loss.item(), lr=lr, its=its))
+
+
+class Pace:
+    """Steps per second since the last reset (validation is left out), and one early estimate of
+    the run's time: after the first step of this session (warm-up), once 5 more steps or 20 s have
+    passed, so that a recipe too long for the machine says so within the first minute."""
+
+    def __init__(self, step):
+        self.reset(step)
+        self.first = self.estimated = None
+
+    def reset(self, step):
+        self.tic, self.tic_step = time.time(), step
+
+    def its(self, step):
+        return (step - self.tic_step) / max(time.time() - self.tic, 1e-9)
+
+    def estimate_due(self, step):
+        if self.first is None:
+            self.first = (step, time.time())
+            return False
+        due = not self.estimated and (step - self.first[0] >= 5 or time.time() - self.first[1] >= 20)
+        self.estimated = self.estimated or due
+        return due
+
+    def estimate(self, step, iters, device):
+        per_step = (time.time() - self.first[1]) / (step - self.first[0])
+        seconds = per_step * (iters - step)
+        n = step - self.first[0]
+        line = (f"timing: {per_step:.2f} s per step (the {n} step{'s' * (n > 1)} after the first); the remaining "
+                f"{iters - step} steps take about {duration(seconds)} on this machine")
+        if device.type == "cpu" and seconds > 2 * 3600:
+            line += ". This recipe is meant for a GPU; on a CPU, --preset tiny trains in minutes"
+        return line
+
+
+def duration(seconds):
+    """A time span in the unit that reads best: minutes, hours or days."""
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} minutes"
+    return f"{seconds / 3600:.1f} hours" if seconds < 48 * 3600 else f"{seconds / 86400:.0f} days"
 
 
 def log_validation(log, step, results):

@@ -30,7 +30,7 @@ def test_ablate_quick_trains_every_variant_and_writes_a_table(ablation):
     assert all(r["step"] == 2 and 0 < r["val"]["psnr_y"] < 100 and r["unseen"] for r in runs)
     assert all(r["curve"][-1][0] == 2 for r in runs)  # validated every step in --quick
     nfe = [r for r in rows if r["kind"] == "nfe"]
-    assert {r["sampler"] for r in nfe} == {"sde", "ode", "posterior", "ddim"}
+    assert {r["sampler"] for r in nfe} == set(bench.irsde.SAMPLERS)
     assert {r["start"] for r in rows if r["kind"] == "denoise"} >= {"T = 10", "input"}
     table = (ablation / "ablate.md").read_text()
     for name, *_ in variants:
@@ -70,14 +70,14 @@ def test_figures_draws_the_three_plots(ablation, tmp_path):
 
 
 def test_ablate_budget_scales_the_learning_rate_halvings(tmp_path, monkeypatch):
-    """--iters 20000 --net small (the GPU check): the tiny recipe's halvings at 550 and 700 of 800
-    steps move to 13750 and 17500."""
+    """--iters 20000 --net small (the GPU check): the tiny recipe's halvings at 1238 and 1575 of 1800
+    steps move to 13756 and 17500."""
     seen = []
     monkeypatch.setattr(bench.train, "main", seen.append)
     args = bench.argparse.Namespace(iters=20000, net="small", device="cpu", val_every=200, quick=False, fp32=False)
     bench.train_variant(tmp_path / "run", "derain", ["--loss", "cnn"], 1, args)
     argv = " ".join(seen[0])
-    assert "--iters 20000 --milestones 13750 17500 --net small" in argv and "--loss cnn" in argv
+    assert "--iters 20000 --milestones 13756 17500 --net small" in argv and "--loss cnn" in argv
     assert "--fp32" not in argv
 
 
@@ -94,3 +94,13 @@ def test_ablate_fp32_reaches_every_variant_run(tmp_path, monkeypatch):
     for folder in ("new", "stopped"):
         bench.train_variant(tmp_path / folder, "derain", [], 0, args)
     assert [argv[-1] for argv in seen] == ["--fp32", "--fp32"] and seen[1][0] == "--resume"
+
+
+def test_sample_sweep_refuses_step_counts_the_checkpoint_cannot_run_before_any_row(ablation, capsys):
+    checkpoint = next(ablation.glob("ir-sde-3-posterior-steps*/last.pt"))  # T = 10 in --quick
+    with pytest.raises(SystemExit, match=r"--steps 11 0: .*runs 1 to 10 steps"):
+        bench.main(["sample", "--checkpoint", str(checkpoint), "--device", "cpu", "--steps", "5", "11", "0"])
+    assert capsys.readouterr().out == ""
+    cnn = next(ablation.glob("cnn-*/last.pt"))
+    with pytest.raises(SystemExit, match="CNN baseline restores in one pass"):
+        bench.main(["sample", "--checkpoint", str(cnn), "--device", "cpu"])

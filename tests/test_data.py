@@ -376,14 +376,14 @@ def test_paired_folder_sr_aligned_and_upsampled(tmp_path):
         data.PairedFolder(tmp_path, crop=30, scale=4)
 
 
-def test_image_smaller_than_crop_is_padded(tmp_path):
-    make_gtlq(tmp_path, names=("a",), size=(10, 7))
-    lq, gt = data.PairedFolder(tmp_path, crop=32)[0]
-    assert lq.shape == gt.shape == (3, 32, 32)
-    small = data.load_image(tmp_path / "GT" / "a.png")
-    # mirror padding only repeats pixels of the image
-    colours = lambda img: set(map(tuple, img.reshape(3, -1).T.tolist()))
-    assert colours(gt) <= colours(small)
+def test_image_smaller_than_crop_is_refused_before_training(tmp_path):
+    """Padding it would train on reflections that no test image has: refused, naming the image and a crop that fits."""
+    make_gtlq(tmp_path, names=("a", "b"), size=(48, 40))
+    make_gtlq(tmp_path, names=("c",), size=(10, 7))  # (H, W)
+    with pytest.raises(DataError, match=r"c\.png: 7x10, smaller than the training crop 32 \(1 of 3 GT.*--crop 7 or less"):
+        data.PairedFolder(tmp_path, crop=32)
+    assert data.PairedFolder(tmp_path, crop=7)[2][1].shape == (3, 7, 7)
+    assert len(data.PairedFolder(tmp_path)) == 3  # whole images (validation): any size
 
 
 def test_dihedral_group():

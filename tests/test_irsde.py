@@ -332,6 +332,31 @@ def test_few_step_samplers_on_gaussian_toy(sampler, steps):
     assert 0.45 * b < std < b
 
 
+@SETTINGS
+@given(sdes(), st.lists(st.integers(0, 2), min_size=1, max_size=5), st.integers(0, 2**16))
+def test_chain_states_are_where_the_samplers_chain_stands(sde, ks, seed):
+    """chain_states (train.py --t-draw chain) gives each image the state x_t that the sampler's
+    network call at t sees when restoring from x_T = mu + lambda z. DDIM, deterministic: each image
+    at its own index against a full run of its own; posterior, random: all images at one index
+    against a run of the whole batch with the same generator."""
+    ts = irsde.timesteps(sde, 3)
+    ks = [min(k, len(ts) - 2) for k in ks]  # network calls at ts[0..-2] (fewer than 3 when T < 3)
+    mu = torch.rand(len(ks), 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    model = irsde.noise_model(lambda x, mu_, t: 0.5 * (x - mu_) + 0.01 * t.view(-1, 1, 1, 1), sde, "x0")
+    t = torch.tensor([ts[k] for k in ks])
+    states = irsde.chain_states(model, sde, mu, t, ts, "ddim", torch.Generator().manual_seed(seed))
+    x_T = mu + sde.lam * torch.randn(mu.shape, dtype=mu.dtype, generator=torch.Generator().manual_seed(seed))
+    for b, k in enumerate(ks):
+        seen = []
+        irsde.sample_ddim(model, sde, x_T[b:b + 1], mu[b:b + 1], ts, callback=seen.append)
+        torch.testing.assert_close(states[b:b + 1], seen[k]["x"], rtol=0, atol=1e-12)
+    seen = []
+    irsde.sample(model, sde, mu, 3, "posterior", torch.Generator().manual_seed(seed), callback=seen.append)
+    together = irsde.chain_states(model, sde, mu, torch.full_like(t, ts[ks[0]]), ts, "posterior",
+                                  torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(together, seen[ks[0]]["x"], rtol=0, atol=1e-12)
+
+
 def test_ode_and_ddim_are_deterministic_given_the_start():
     sde, model = IRSDE(0.3, 30), gaussian_toy(IRSDE(0.3, 30), 0.5, 0.1, 0.0)
     x_T = torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -357,9 +382,13 @@ def test_callback_sees_every_state_and_noise_model_x0_parameterisation():
     net = lambda x, mu_, t: 0.5 - mu_            # a residual from mu towards 0.5
     model = irsde.noise_model(net, sde, "x0")
     out = irsde.sample(model, sde, mu, 5, "ddim", callback=seen.append)
-    assert [step["t"] for step in seen] == irsde.timesteps(sde, 5)[1:]
+    ts = irsde.timesteps(sde, 5)
+    assert [(step["t"], step["s"]) for step in seen] == list(zip(ts[:-1], ts[1:]))
     assert [step["i"] for step in seen] == list(range(5))
-    for step in seen:  # the callback also receives the x0 prediction made at each step
+    for before, after in zip(seen, seen[1:]):  # x is the state at t that the network saw: the previous step's result
+        noise = sde.noise_from_x0(before["x"], mu, before["x0"], before["t"])
+        torch.testing.assert_close(after["x"], sde.mean(mu, before["x0"], after["t"]) + sde.std(mu, after["t"]) * noise)
+    for step in seen:  # the callback also receives the x0 predicted from that state
         # x0 = mu + (x - mu - sqrt(v) noise) e^{theta_bar}: float32 round-off grows by up to 1 / eps
         torch.testing.assert_close(step["x0"], torch.full_like(mu, 0.5), atol=1e-4, rtol=0)
     torch.testing.assert_close(out, torch.full_like(out, 0.5))  # DDIM lands on x0_hat at s = 0

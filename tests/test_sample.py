@@ -230,15 +230,17 @@ def test_end_to_end_folder_with_gt(setup, capsys):
     for key in sample.COLUMNS:
         mean = sum(r[key] for r in report["images"]) / 2
         assert report["mean"][key] == pytest.approx(mean) and float(table["mean"][key]) == pytest.approx(mean, abs=1e-6)
-    # pictures: LQ | restored | GT, and 8 states ending at the restored image above their x0 predictions
+    # pictures: LQ | restored | GT, and 8 states above their x0 predictions, then the restored image above the GT
     restored = load_image(out / "a.png")
     compare = load_image(out / "compare" / "a.png")
     assert compare.shape == (3, H, 3 * W + 2 * sample.GAP)
     assert torch.equal(compare[..., W + sample.GAP:2 * W + sample.GAP], restored)
-    strip = load_image(out / "trajectory" / "a.png")
-    assert strip.shape == (3, 2 * H + sample.GAP, 8 * W + 7 * sample.GAP)
+    strip = load_image(out / "trajectory" / "a.png")[:, sample.LABEL_HEIGHT:]  # below the labels
+    assert strip.shape == (3, 2 * H + sample.GAP, 9 * W + 8 * sample.GAP)
     assert torch.equal(strip[..., :H, -W:], restored)
-    assert torch.equal(strip[..., H + sample.GAP:, -W:], restored)  # the last posterior step returns x0_hat
+    assert torch.equal(strip[..., H + sample.GAP:, -W:], load_image(setup / "gt" / "a.png"))
+    last_x0 = strip[..., H + sample.GAP:, -2 * W - sample.GAP:-W - sample.GAP]
+    assert torch.equal(last_x0, restored)  # the last posterior step returns the x0 predicted at its t
 
 
 def test_same_command_same_files(setup):
@@ -316,6 +318,18 @@ def undecodable_second_image(root):
     (root / "in" / "b.png").write_bytes(b"not a png")
 
 
+def truncated_second_image(root):
+    """Its header reads (the size checks pass); its pixels do not decode."""
+    png = (root / "in" / "b.png").read_bytes()
+    (root / "in" / "b.png").write_bytes(png[:len(png) // 2])
+
+
+def tiny_gts(root):
+    for name in "ab":
+        save_image(torch.rand(3, 12, 16), root / "gt" / f"{name}.png")
+        save_image(torch.rand(3, 12, 16), root / "in" / f"{name}.png")
+
+
 def small_second_gt(root):
     write_images(root / "gt", ["b.png"], size=(H, W - 2))
 
@@ -338,6 +352,8 @@ def empty_checkpoint(root):
     (pickle_an_object, [], "ckpt.pt: not a readable torch checkpoint"),
     (widen_network, [], "ckpt.pt: checkpoint does not match"),
     (undecodable_second_image, [], "b.png: cannot decode image"),
+    (truncated_second_image, [], "b.png: cannot decode image"),
+    (tiny_gts, [], "gt/a.png: 16x12, too small for the metrics with --crop-border 4 (they need 19 pixels"),
     (small_second_gt, [], "in/b.png is 32x24 but {root}/gt/b.png is 30x24"),
     (missing_gt, [], "names must match; no GT for {root}/in/b.png"),
     (None, ["--output", "{root}/in"], "output folder holds input or GT images"),
@@ -356,7 +372,9 @@ def test_bad_input_is_a_clear_error(setup, damage, argv, message):
     assert str(exit_info.value.code).startswith("error: ")
     assert message.format(root=setup) in str(exit_info.value.code)
     assert {p: p.read_bytes() for p in (setup / "in").iterdir()} == before  # inputs untouched
-    if damage in (undecodable_second_image, small_second_gt):  # images done before are kept, and their metrics
+    if damage in (undecodable_second_image, small_second_gt, tiny_gts):  # found from the headers before any output
+        assert not (setup / "out").exists()
+    if damage is truncated_second_image:  # found while restoring: the images done before are kept, and their metrics
         assert (setup / "out" / "a.png").is_file() and not (setup / "out" / "b.png").exists()
         report = json.loads((setup / "out" / "metrics.json").read_text())
         assert [r["image"] for r in report["images"]] == ["a"] and report["complete"] is False
@@ -471,11 +489,12 @@ def test_steps_beyond_the_available_indices_and_flags_a_cnn_ignores_are_refused(
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 3
 
 
-def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys):
-    """--t-draw sampler trains only at the indices of the stored steps: other --steps still run
-    (a user may want to look), but the output says the network never saw those indices."""
+@pytest.mark.parametrize("t_draw", ["sampler", "chain"])
+def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys, t_draw):
+    """--t-draw sampler and chain train only at the indices of the stored steps: other --steps still
+    run (a user may want to look), but the output says the network never saw those indices."""
     _, _, config = save_checkpoint(tmp_path / "ckpt.pt", sampling={"steps": 1})
-    config["args"] = {"t_draw": "sampler", "sample_steps": 1}
+    config["args"] = {"t_draw": t_draw, "sample_steps": 1}
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     torch.save({**ckpt, "config": config}, tmp_path / "ckpt.pt")
     write_images(tmp_path / "in", ["n.png"], seed=1)
@@ -485,7 +504,7 @@ def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys):
     go("same_steps", "--steps", "1")
     assert "never saw" not in capsys.readouterr().out
     go("more", "--steps", "3")
-    assert "trained only at the indices of its 1 sampling step(s) (--t-draw sampler); --steps 3" in capsys.readouterr().out
+    assert f"trained only at the indices of its 1 sampling step(s) (--t-draw {t_draw}); --steps 3" in capsys.readouterr().out
     assert (tmp_path / "more" / "n.png").exists()
 
 

@@ -114,8 +114,8 @@ def test_ddp_two_processes_on_cpu(tmp_path):
                                              ("ml", "x0", "derain"), ("cnn", "noise", "derain"),
                                              ("ml", "x0", "denoise")])
 def test_each_loss_decreases_on_a_fixed_batch(loss, param, task):
-    args = train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny", "--loss", loss,
-                                                 "--param", param, "--T", "20"]))
+    args = train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny", "--loss", loss, "--param", param,
+                                                 "--T", "20", "--t-draw", "uniform"]))  # forward states: a fixed objective
     torch.manual_seed(0)
     net, sde = train.build(args, torch.device("cpu"))
     net.final_conv.reset_parameters()  # default init, as the authors: the zero-initialised head makes step 1 special
@@ -340,15 +340,43 @@ def test_t_draw_sampler_trains_exactly_the_sampled_indices(steps):
     assert set(uniform.tolist()) == set(range(1, sde.T + 1))
 
 
-def test_t_draw_sampler_is_refused_for_denoising(monkeypatch, tmp_path):
-    with pytest.raises(data.DataError, match="--t-draw sampler"):
-        train.main(["--task", "denoise", *FAST, "--t-draw", "sampler", "--out", str(tmp_path)])
+@pytest.mark.parametrize("t_draw", ["sampler", "chain"])
+def test_t_draw_on_the_sampler_grid_is_refused_for_denoising(tmp_path, t_draw):
+    with pytest.raises(data.DataError, match=f"--t-draw {t_draw}: denoising starts at t"):
+        train.main(["--task", "denoise", *FAST, "--t-draw", t_draw, "--out", str(tmp_path)])
+    assert not tmp_path.joinpath("val").exists()
+
+
+def test_t_draw_chain_is_refused_for_noise_matching(tmp_path):
+    with pytest.raises(data.DataError, match="--t-draw chain: noise matching .* needs the noise"):
+        train.main(["--task", "derain", *FAST, "--t-draw", "chain", "--loss", "noise", "--out", str(tmp_path)])
+
+
+def test_t_draw_chain_trains_on_the_states_the_sampler_reaches(monkeypatch):
+    """The loss sees x_t as the sampler builds it: from x_T = mu + lambda z through the network's own
+    earlier predictions (irsde.chain_states), at the indices the sampler evaluates."""
+    args = train.fill_defaults(train.parse_args(["--task", "derain", *FAST, "--t-draw", "chain", "--fp32"]))
+    torch.manual_seed(0)
+    net, sde = train.build(args, torch.device("cpu"))
+    lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset("derain", crop=16)[i] for i in range(4)]))
+    seen = {}
+    real = irsde.chain_states
+    monkeypatch.setattr(irsde, "chain_states", lambda *a, **k: seen.setdefault("x", real(*a, **k)))
+    loss = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.item() > 0 and all(p.grad is not None for p in net.parameters())
+    generator = torch.Generator().manual_seed(0)
+    t = train.draw_indices(sde, args, 4, generator, "cpu")
+    model = irsde.noise_model(sample.network(net, torch.device("cpu"), bf16=False), sde, "x0")
+    expected = real(model, sde, lq, t, irsde.timesteps(sde, 3), "posterior", generator, True)
+    assert torch.equal(seen["x"], expected)
 
 
 def test_tiny_denoising_draws_uniform_indices():
-    """The tiny preset trains where its sampler evaluates, except for denoising (t* varies)."""
+    """The tiny preset trains on its sampler's own chain, except for denoising (t* varies)."""
     parse = lambda task: train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny"]))
-    assert parse("derain").t_draw == "sampler" and parse("denoise").t_draw == "uniform"
+    assert parse("derain").t_draw == "chain" and parse("denoise").t_draw == "uniform"
+    assert parse("derain").sample_steps >= 3  # the quick start runs the reverse process, not one step
 
 
 def test_loss_norm_reaches_the_ml_loss_and_the_cnn_baseline():
@@ -392,3 +420,65 @@ def test_bf16_training_step_is_the_float32_step_to_bf16_accuracy(monkeypatch):
         losses[fp32] = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
     assert losses[True] != losses[False]
     assert losses[False] == pytest.approx(losses[True], rel=0.005)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_with_loader_workers_ends_cleanly(tmp_path, sig):
+    """timeout, SLURM, docker stop and a terminal's Ctrl-C signal every process of the group, the
+    loader workers too: the run ends as when only the main process is signalled."""
+    args = [sys.executable, "train.py", "--task", "derain", *FAST, "--iters", "10000", "--workers", "2",
+            "--save-every", "100000", "--val-every", "100000", "--out", str(tmp_path)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ONE_THREAD, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("step"):
+            os.killpg(proc.pid, sig)
+            break
+    output = proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + sig, output
+    assert "Traceback" not in output and "Error" not in output, output
+    assert f"stopped by signal {int(sig)} at step" in output
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] >= 1
+
+
+def test_loader_workers_follow_the_cores(monkeypatch):
+    parse = lambda *flags: train.fill_defaults(train.parse_args(["--task", "derain", *flags]))
+    monkeypatch.setattr(train, "usable_cores", lambda: 2)
+    assert parse().workers == 2 and train.PRESETS["paper"]["workers"] == 4  # no more workers than cores
+    monkeypatch.setattr(train, "usable_cores", lambda: 64)
+    assert parse().workers == 4
+    assert parse("--workers", "3").workers == 3  # as given
+
+
+def test_a_recipe_too_long_for_the_machine_says_so_early(monkeypatch):
+    """Within the first minute: the measured time per step, what the whole run would take, and on a
+    CPU what to run instead."""
+    clock = iter([0.0, 13.0, 40.0, 53.0])
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    pace = train.Pace(0)
+    assert not pace.estimate_due(1)  # 13 s: the first step (warm-up) only starts the clock
+    assert pace.estimate_due(2)      # 40 s: at least 20 s after it
+    assert not pace.estimate_due(3)  # once
+    monkeypatch.setattr(train.time, "time", lambda: 40.0)
+    line = pace.estimate(2, 700_000, torch.device("cpu"))
+    assert "27.00 s per step (the 1 step after the first)" in line and "219 days" in line and "--preset tiny" in line
+    assert "--preset tiny" not in pace.estimate(2, 700_000, torch.device("cuda"))
+    assert "about 4.5 minutes on this machine" in pace.estimate(2, 12, torch.device("cpu"))
+    clock = iter([0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])  # fast steps: due 5 steps after the first
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    pace = train.Pace(0)
+    assert [pace.estimate_due(step) for step in range(1, 7)] == [False] * 5 + [True]
+
+
+def test_validation_images_too_small_for_the_metrics_are_refused_before_step_1(tmp_path):
+    folder = write_pairs(tmp_path / "val", n=2, size=16)
+    with pytest.raises(data.DataError, match=r"GT/0.png: 16x16, too small to validate on.*19 pixels a side"):
+        train.main(["--task", "derain", *FAST, *QUICK, "--val", str(folder), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_images_smaller_than_the_crop_are_refused_before_step_1(tmp_path):
+    folder = write_pairs(tmp_path / "data", n=2, size=24)
+    with pytest.raises(data.DataError, match=r"GT/0.png: 24x24, smaller than the training crop 32 \(2 of 2"):
+        train.main(["--task", "derain", *FAST, *QUICK, "--data", str(folder), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
