@@ -1,4 +1,4 @@
-"""Benchmarks (never run as tests). Results go in the README with the machine that produced them.
+"""Benchmarks (never run as tests). Results go in RESULTS.md with the machine that produced them.
 
     python bench.py train [--device cuda] [--compile]       # training throughput and peak memory
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
@@ -9,18 +9,18 @@
 `train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
 the presets' batch and crop, in float32 and, where train.py picks it for the device, with bf16
 autocast. `sample` restores the fixed synthetic validation set with every sampler at 100, 50,
-20, 10 and 5 evaluations.
+20, 10 and 5 steps, and counts the network evaluations (NFE) they take.
 `reference` runs the authors' ConditionalUNet and IRSDE from a local checkout of their repository
 (Algolzw/image-restoration-sde; nothing is downloaded) next to this code's paper network holding
 the same weights: output agreement, training images/s (batch 4, 128 x 128, ML loss) and seconds
 per 256 x 256 restoration.
 
-`ablate` trains the tiny recipe with one change per variant (the paper's Fig. 10, Fig. 11, Tables
-1-4, and lambda), validates each on the synthetic and `unseen` sets, and writes ablate.jsonl and
-ablate.md in --out (default runs/ablate). A finished variant is not retrained; an interrupted one
-resumes from its last checkpoint. It then restores the validation set with every sampler at 1 to
-100 network evaluations, and evaluates the denoising variant started at t* against the full
-process. `figures` draws assets/figures/*.png from those files.
+`ablate` trains the tiny recipe, its CNN baseline and the former recipes with one change per
+variant (the paper's Fig. 10, Fig. 11, Tables 1-4, and lambda), validates each on the synthetic
+and `unseen` sets, and writes ablate.jsonl and ablate.md in --out (default runs/ablate). A
+finished variant is not retrained; an interrupted one resumes from its last checkpoint. It then
+restores the validation set with every sampler at 1 to 100 steps, and evaluates the denoising
+variant started at t* against the full process. `figures` draws assets/figures/*.png from those.
 """
 import argparse
 import importlib
@@ -37,8 +37,11 @@ import torch
 
 import data
 import irsde
+import checkpoint
+import flags
 import metrics
-import sample
+import restore
+import tasks
 import train
 import unet
 
@@ -53,12 +56,12 @@ def bench_train(args, device):
     print(f"| network | params | batch x crop | precision | img/s | peak memory | ({machine(device)}, torch {torch.__version__})")
     print("|---|---|---|---|---|---|")
     # float32 and, where train.py would use it, bf16 autocast: their ratio is the figure to compare
-    precisions = [fp32 for fp32 in (True, False) if fp32 or train.bf16_training(device)]
+    precisions = [fp32 for fp32 in (True, False) if fp32 or restore.use_bf16(device)]
     for preset, fp32 in itertools.product(args.presets, precisions):
-        targs = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", preset]))
+        targs = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", preset]))
         targs.fp32 = fp32
         torch.manual_seed(0)
-        net, sde = train.build(targs, device)
+        net, sde = checkpoint.build(targs, device)
         net = net.to(memory_format=torch.channels_last)  # as train.py
         cuda = device.type == "cuda"
         model = torch.compile(net) if args.compile else net
@@ -69,7 +72,7 @@ def bench_train(args, device):
         generator = torch.Generator(device).manual_seed(0)
 
         def step():
-            loss = train.train_step(model, sde, targs, lq, gt, generator)
+            loss = train.batch_loss(model, sde, targs, lq, gt, generator)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -89,44 +92,60 @@ def bench_train(args, device):
         seconds = (time.perf_counter() - start) / reps
         memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
         params = sum(p.numel() for p in net.parameters()) / 1e6
-        precision = "bf16 autocast" if train.bf16_training(device, fp32) else "fp32"
+        precision = "bf16 autocast" if restore.use_bf16(device, fp32) else "fp32"
         print(f"| {preset} | {params:.1f} M | {targs.batch} x {targs.crop}^2 | {precision}"
               f"{' + compile' if args.compile else ''} | {targs.batch / seconds:.1f} | {memory} |", flush=True)
 
 
 def bench_sample(args, device):
-    net, sde, config = sample.load_checkpoint(args.checkpoint, device)
-    check_sweep(args.checkpoint, args.steps, sde, config)
+    net, sde, config = checkpoint.load(args.checkpoint, device)
+    check_sweep(args.checkpoint, args.sample_steps, sde, config)
+    net = Counted(net)
     val_set = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val")
     pairs = [val_set[k] for k in range(len(val_set))]
-    print(f"| sampler | NFE | PSNR-Y (dB) | PSNR (dB) | s / image | ({machine(device)}, {len(pairs)} images "
+    print(f"| sampler | steps | NFE | PSNR-Y (dB) | PSNR (dB) | s / image | ({machine(device)}, {len(pairs)} images "
           f"{train.VAL_CROP}x{train.VAL_CROP}, {args.checkpoint})")
-    print("|---|---|---|---|---|")
-    inputs = sample.mean_row([metrics.evaluate(lq.clamp(0, 1), gt) for lq, gt in pairs])
-    print(f"| input (LQ) | 0 | {inputs['psnr_y']:.2f} | {inputs['psnr']:.2f} | - |")
+    print("|---|---|---|---|---|---|")
+    inputs = metrics.mean([metrics.evaluate(lq.clamp(0, 1), gt) for lq, gt in pairs])
+    print(f"| input (LQ) | 0 | 0 | {inputs['psnr_y']:.2f} | {inputs['psnr']:.2f} | - |")
     for sampler in args.samplers:
-        for steps in args.steps:
-            scores, start = [], time.perf_counter()
+        for steps in args.sample_steps:
+            scores, start, net.calls = [], time.perf_counter(), 0
             for k, (lq, gt) in enumerate(pairs):
                 generator = torch.Generator(device).manual_seed(k)
-                restored = sample.restore(net, sde, config, lq[None].to(device), sampler=sampler, steps=steps,
-                                          generator=generator, noise_sigma=data.NOISE_SIGMA)
+                restored = restore.restore(net, sde, config, lq[None].to(device), sampler=sampler, steps=steps,
+                                           generator=generator)
                 scores.append(metrics.evaluate(restored[0].cpu(), gt))
             if device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / len(pairs)
-            mean = sample.mean_row(scores)
-            print(f"| {sampler} | {steps} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |", flush=True)
+            mean = metrics.mean(scores)
+            print(f"| {sampler} | {steps} | {net.calls // len(pairs)} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | "
+                  f"{seconds:.3f} |", flush=True)
+
+
+class Counted(torch.nn.Module):
+    """The network, counting its evaluations: tables report network evaluations (NFE), which a
+    sampler with more than one evaluation per step does not equal to its steps."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x, mu, t):
+        self.calls += 1
+        return self.net(x, mu, t)
 
 
 def check_sweep(path, steps, sde, config):
-    """Refuse, before the first row, step counts the checkpoint cannot run (1..T, or 1..t* for denoising)."""
+    """Refuse, before the first row, step counts the checkpoint cannot run (1..T, or 1..t* for
+    a task with a noise level)."""
     if sde is None:
         raise data.DataError(f"{path}: the CNN baseline restores in one pass; it has no samplers to sweep")
-    t_start = sde.start_index(data.NOISE_SIGMA) if config["task"] == "denoise" else sde.T
+    t_start = restore.trajectory_steps(sde, config, 1)[0]  # T, or t* of the task's noise level
     bad = [n for n in steps if not 1 <= n <= t_start]
     if bad:
-        raise data.DataError(f"--steps {' '.join(map(str, bad))}: {path} runs 1 to {t_start} steps")
+        raise flags.UsageError(f"--sample-steps {' '.join(map(str, bad))}: {path} runs 1 to {t_start} steps")
 
 
 def load_reference(root):
@@ -219,13 +238,12 @@ def bench_reference(args, device):
 
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
 
-def ablation_variants(task_default):
+def ablation_variants(lam):
     """(name, task, train.py flags, seeds): the tiny recipe (3 posterior steps, trained on the
     sampler's own chain) and the CNN baseline trained alike; then the former recipes as they were
     measured (64 x 64 crops, 800 steps, x_t from the forward process): 1 posterior step, the same
     in L2, 3 steps, their CNN, and the former 3-step recipe with one change each (losses,
-    schedules, lambda halved and doubled around the task's default, train.TASK_SDE)."""
-    lam = task_default["max_sigma"]
+    schedules, lambda halved and doubled around the task's default `lam`, tasks.py)."""
     former = ["--crop", "64", "--iters", "800", "--milestones", "550", "700"]
     steps1 = ["--t-draw", "sampler", "--sample-steps", "1", *former]
     steps3 = ["--t-draw", "sampler", "--sample-steps", "3", *former]
@@ -257,11 +275,11 @@ def run_folder(root, name, seed):
                    + f"_s{seed}")
 
 
-def train_variant(folder, task, flags, seed, args):
+def train_variant(folder, task, extra, seed, args):
     """Train one variant in `folder` with train.main; a finished run is kept, an interrupted one
     resumed. Returns (wall seconds of this call, 0 when nothing was left to train)."""
     last = folder / "last.pt"
-    recipe = train.PRESETS["tiny"]
+    recipe = flags.PRESETS["tiny"]
     iters = (["--iters", str(args.iters), "--milestones",  # the learning-rate halvings scale with the budget
               *(str(round(m * args.iters / recipe["iters"])) for m in recipe["milestones"])] if args.iters else [])
     iters += ["--net", args.net] if args.net else []
@@ -276,7 +294,7 @@ def train_variant(folder, task, flags, seed, args):
         if (folder / "metrics.jsonl").exists():  # stopped before its first checkpoint: start again
             (folder / "metrics.jsonl").unlink()
         argv = ["--task", task, "--preset", "tiny", "--seed", str(seed), "--device", args.device,
-                "--val-every", str(args.val_every), "--out", str(folder), *flags,
+                "--val-every", str(args.val_every), "--out", str(folder), *extra,
                 *(QUICK_FLAGS if args.quick else []), *iters, *precision]
     print(f"\n== {folder.name}: python train.py {' '.join(argv)}", flush=True)
     start = time.perf_counter()
@@ -295,25 +313,26 @@ def mean_psnr_y(images, gts):
 
 
 def restore_batch(net, sde, config, pairs, sampler, steps, device, seed=0, **kwargs):
-    """Mean PSNR-Y over pairs restored as one batch (one generator, seeded)."""
+    """(mean PSNR-Y, network evaluations) over pairs restored as one batch (one generator, seeded)."""
     lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
     generator = torch.Generator(device).manual_seed(seed)
-    out = sample.restore(net, sde, config, lq, sampler=sampler, steps=steps, generator=generator, **kwargs)
-    return mean_psnr_y(out, gt)
+    net = Counted(net)
+    out = restore.restore(net, sde, config, lq, sampler=sampler, steps=steps, generator=generator, **kwargs)
+    return mean_psnr_y(out, gt), net.calls
 
 
 def nfe_sweep(folder, device, quick):
     """PSNR-Y on the synthetic validation set against network evaluations, for every sampler."""
-    net, sde, config = sample.load_checkpoint(folder / "last.pt", device)
+    net, sde, config = checkpoint.load(folder / "last.pt", device)
     n = config["args"]["val_images"]
     val_set = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val", n=n)
     pairs = [val_set[k] for k in range(len(val_set))]
     rows = []
     for sampler in irsde.SAMPLERS:
         for steps in [s for s in NFE if s <= sde.T][: 2 if quick else None]:
-            rows.append(dict(kind="nfe", sampler=sampler, nfe=steps,
-                             psnr_y=restore_batch(net, sde, config, pairs, sampler, steps, device)))
-            print(f"nfe: {sampler:<9} {steps:>3} evaluations | PSNR-Y {rows[-1]['psnr_y']:.2f}", flush=True)
+            psnr_y, nfe = restore_batch(net, sde, config, pairs, sampler, steps, device)
+            rows.append(dict(kind="nfe", sampler=sampler, steps=steps, nfe=nfe, psnr_y=psnr_y))
+            print(f"nfe: {sampler:<9} {steps:>3} steps, {nfe:>3} evaluations | PSNR-Y {psnr_y:.2f}", flush=True)
     return rows
 
 
@@ -321,18 +340,20 @@ def denoise_starts(folder, device):
     """Table 4: the denoising SDE and ODE started at t* (every index from there) against the full
     process, which first adds noise to reach the marginal at T (x0 + sqrt(v_T) z; exact in law, as
     x_t* = x0 + sqrt(v_t*) z) and then runs all T steps."""
-    net, sde, config = sample.load_checkpoint(folder / "last.pt", device)
+    net, sde, config = checkpoint.load(folder / "last.pt", device)
     val_set = data.make_dataset("denoise", crop=train.VAL_CROP, split="val", n=config["args"]["val_images"])
     pairs = [val_set[k] for k in range(len(val_set))]
-    t_star, sigma = sde.start_index(data.NOISE_SIGMA), data.NOISE_SIGMA
-    rows = [dict(kind="denoise", start=f"t* = {t_star}", sampler=sampler, nfe=t_star,
-                 psnr_y=restore_batch(net, sde, config, pairs, sampler, t_star, device, noise_sigma=sigma))
-            for sampler in ("ode", "sde")]
+    sigma = tasks.TASKS["denoise"].noise_sigma
+    t_star = sde.start_index(sigma)
+    rows = []
+    for sampler in ("ode", "sde"):
+        psnr_y, nfe = restore_batch(net, sde, config, pairs, sampler, t_star, device, noise_sigma=sigma)
+        rows.append(dict(kind="denoise", start=f"t* = {t_star}", sampler=sampler, nfe=nfe, psnr_y=psnr_y))
     lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
     generator = torch.Generator(device).manual_seed(0)
     v_T = float(sde.v[-1])
     x_T = lq + (v_T - sigma**2) ** 0.5 * torch.randn(lq.shape, generator=generator, device=device)
-    model = irsde.noise_model(sample.network(net, device), sde, config["param"])
+    model = irsde.noise_model(restore.network(net, device), sde, config["param"])
     for sampler in ("sde", "ode"):
         out = irsde._sampler(sampler)(model, sde, x_T, None, irsde.timesteps(sde), generator=generator,
                                       clip_x0=config["sampling"]["clip_x0"]).clamp(0, 1)
@@ -378,22 +399,22 @@ def bench_ablate(args, device):
     root.mkdir(parents=True, exist_ok=True)
     rows, start = [], time.perf_counter()
     done = [json.loads(line) for line in open(root / "ablate.jsonl")] if (root / "ablate.jsonl").exists() else []
-    variants = ablation_variants(train.TASK_SDE["derain"])
-    for name, task, flags, seeds in variants:
+    variants = ablation_variants(tasks.TASKS["derain"].lam)
+    for name, task, extra, seeds in variants:
         for seed in seeds:
             folder = run_folder(root, name, seed)
-            wall = train_variant(folder, task, flags, seed, args)
+            wall = train_variant(folder, task, extra, seed, args)
             final, curve = last_validation(folder)
             val = {k: v for k, v in final.items() if not k.startswith("unseen_") and k != "step"}
             unseen = {k[len("unseen_"):]: v for k, v in final.items() if k.startswith("unseen_")}
             earlier = [r["wall_s"] for r in done if r.get("folder") == folder.name and r["kind"] == "run"]
-            rows.append(dict(kind="run", variant=name, task=task, flags=flags, seed=seed, folder=folder.name,
+            rows.append(dict(kind="run", variant=name, task=task, flags=extra, seed=seed, folder=folder.name,
                              step=final["step"], wall_s=wall or (earlier[0] if earlier else 0.0),
                              val=val, unseen=unseen, curve=curve))
             write_ablation(root, rows)
     # the samplers' sweep needs a network trained at every index, not only the 3 the recipe samples:
     # the paper's training (it is what the 100-step samplers were designed for)
-    uniform = next(name for name, _, flags, _ in variants if "uniform" in flags)
+    uniform = next(name for name, _, extra, _ in variants if "uniform" in extra)
     rows += nfe_sweep(run_folder(root, uniform, 0), device, args.quick)
     denoising = next(name for name, task, _, _ in variants if task == "denoise")
     rows += denoise_starts(run_folder(root, denoising, 0), device)
@@ -454,7 +475,7 @@ def bench_figures(args, device):
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))
     for schedule in ("cosine", "linear", "constant"):
-        sde = irsde.IRSDE(train.TASK_SDE["derain"]["max_sigma"] / 255, 100, schedule, 0.005)
+        sde = irsde.IRSDE(tasks.TASKS["derain"].lam / 255, 100, schedule, tasks.TASKS["derain"].eps)
         for ax, values, label in zip(axes, (sde.theta_rate, sde.theta_bar, sde.v.sqrt() * 255),
                                      ("theta_i", "theta_bar_i", "sqrt(v_i) (0-255 scale)")):
             ax.plot(values.numpy(), label=schedule)
@@ -480,7 +501,8 @@ def main(argv=None):
     p.add_argument("--checkpoint", help="checkpoint to sample from (sample)")
     p.add_argument("--reference", help="checkout of Algolzw/image-restoration-sde (reference)")
     p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS), default=list(irsde.SAMPLERS))
-    p.add_argument("--steps", type=int, nargs="*", default=[100, 50, 20, 10, 5])
+    p.add_argument("--sample-steps", "--steps", type=int, nargs="*", default=[100, 50, 20, 10, 5],
+                   help="step counts of the sweep (sample)")
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
     p.add_argument("--net", help="network preset of every variant (ablate; default: the tiny recipe's)")
@@ -499,7 +521,7 @@ def main(argv=None):
            "ablate": bench_ablate, "figures": bench_figures}[args.what]
     try:
         run(args, device)
-    except data.DataError as e:
+    except (data.DataError, flags.UsageError) as e:
         raise SystemExit(f"error: {e}")
 
 

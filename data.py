@@ -10,13 +10,10 @@ Real data: `find_pairs` / `PairedFolder` read the layouts users have on disk (se
   "rain100" Rain100H/L as distributed by PReNet: rain-N.png / norain-N.png in one folder,
             or rain/ (or rainy/) and norain/ subfolders;
   "gopro"   <root>/<scene>/blur/*.png and <root>/<scene>/sharp/*.png (or root = one scene).
-Synthetic data: `SyntheticPairs` degrades clean images (dead leaves, procedural textures,
-crops of the photographs shipped in assets/, see ATTRIBUTION.md); `degrade` maps a task and
-a split to its degradation. Splits: "train" (wide ranges), "val" (fixed; the paper's
-settings) and "unseen" (fixed; degradation models and photographs training never uses).
-The generators themselves are pure functions of their numpy Generator and live in
-synthetic.py. `TRAIN_PHOTOS` are used for training only; `VAL_PHOTOS` (chelsea.png) and
-`UNSEEN_PHOTOS` (rocket.png, chelsea.png) are held out.
+Synthetic data: `SyntheticPairs` degrades clean images (synthetic.py's generators and crops of
+the photographs in assets/) with each task's degradations (tasks.py). Splits: "train", "val"
+(fixed; the paper's settings) and "unseen" (fixed; degradations and photographs training never
+uses). `TRAIN_PHOTOS` are used for training only; `VAL_PHOTOS` and `UNSEEN_PHOTOS` are held out.
 """
 import os
 import re
@@ -32,9 +29,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import synthetic
-from synthetic import NOISE_SIGMA, upsample  # noqa: F401  (train.py and sample.py use data.NOISE_SIGMA)
+import tasks
+from synthetic import upsample
 
-TASKS = ("derain", "deblur", "denoise", "sr", "inpaint", "dehaze")
 LAYOUTS = ("gtlq", "rain100", "gopro")
 ASSETS = Path(__file__).resolve().parent / "assets"
 SPLITS = ("train", "val", "unseen")
@@ -193,7 +190,7 @@ def find_pairs(root, layout="auto", scale=1):
     """
     root = Path(root)
     pairs = _layout_pairs(root, layout)
-    _check_sizes(pairs, scale)
+    check_sizes(pairs, scale)
     return pairs
 
 
@@ -349,8 +346,9 @@ def image_size(path):
         raise DataError(f"{path}: cannot decode image ({e})") from e
 
 
-def _check_sizes(pairs, scale):
-    """Validate LQ size == GT size // scale for every pair; return the (inferred) scale."""
+def check_sizes(pairs, scale):
+    """Validate LQ size == GT size // scale for every (lq, gt) pair from the file headers; return
+    the (inferred, when scale is None) scale."""
     if scale is not None and (int(scale) != scale or scale < 1):
         raise DataError(f"scale must be a positive integer, got {scale!r}")
     for lq, gt in pairs:
@@ -363,6 +361,15 @@ def _check_sizes(pairs, scale):
     return int(scale)
 
 
+def fit_gt(gt, lq, scale, lq_path, gt_path):
+    """gt cut to the LQ size x scale ("modcrop"), once both are decoded; DataError unless GT size //
+    scale is the LQ size (the pixels must agree with what the headers said)."""
+    if (gt.shape[1] // scale, gt.shape[2] // scale) != tuple(lq.shape[1:]):
+        raise DataError(f"size mismatch: {lq_path} is {lq.shape[2]}x{lq.shape[1]} "
+                        f"but {gt_path} is {gt.shape[2]}x{gt.shape[1]} (expected GT size / {scale} = LQ size)")
+    return gt[:, :lq.shape[1] * scale, :lq.shape[2] * scale]
+
+
 class PairedFolder(Dataset):
     """(lq, gt) pairs from a dataset folder (layouts: see find_pairs).
 
@@ -372,22 +379,24 @@ class PairedFolder(Dataset):
     on reflections that no test image has). For scale > 1 the LQ is upsampled bicubically to
     the GT size, as the reference code feeds SR inputs (section 9), so lq and gt have the
     same shape; GT sides that are not multiples of scale are cropped ("modcrop").
-    Randomness: np.random.default_rng([seed, epoch, idx]); call set_epoch(e) every epoch.
+    Randomness: np.random.default_rng([seed, epoch, idx]); index it with (epoch, idx), or call
+    set_epoch(e) every epoch.
     """
 
     def __init__(self, root, crop=None, seed=0, layout="auto", scale=1, augment=True):
         self.root = Path(root)
         self.pairs = _layout_pairs(self.root, layout)
-        self.scale = _check_sizes(self.pairs, scale)
+        self.scale = check_sizes(self.pairs, scale)
         if crop is not None and (int(crop) != crop or crop < 1 or crop % self.scale):
             raise DataError(f"{self.root}: crop must be a positive multiple of scale "
                             f"{self.scale}, got {crop!r}")
-        small = [gt for _, gt in self.pairs if crop is not None and min(image_size(gt)) < crop]
-        if small:  # they would be mirror-padded: training on reflections the test images never have
+        sides = [min(image_size(gt)) for _, gt in self.pairs] if crop is not None else []
+        small = [gt for (_, gt), side in zip(self.pairs, sides) if side < crop]
+        if small:  # padding them would train on reflections that no test image has
             w, h = image_size(small[0])
             raise DataError(f"{small[0]}: {w}x{h}, smaller than the training crop {crop} ({len(small)} of "
-                            f"{len(self.pairs)} GT images are); train with --crop {min(min(image_size(gt)) for _, gt in self.pairs)} "
-                            "or less, or leave those images out")
+                            f"{len(self.pairs)} GT images are); train with --crop {min(sides)} or less, or leave "
+                            "those images out")
         self.crop, self.seed, self.augment, self.epoch = crop, seed, augment, 0
 
     def set_epoch(self, epoch):
@@ -396,17 +405,16 @@ class PairedFolder(Dataset):
     def __len__(self):
         return len(self.pairs)
 
-    def __getitem__(self, idx):
+    def __getitem__(self, key):
         with _single_threaded():
-            return self._pair(_check_index(idx, len(self)))
+            return self._pair(*_epoch_index(key, len(self), self.epoch))
 
-    def _pair(self, idx):
+    def _pair(self, epoch, idx):
         lq_path, gt_path = self.pairs[idx]
-        lq, gt = load_image(lq_path), load_image(gt_path)
-        s = self.scale
-        gt = gt[:, :lq.shape[1] * s, :lq.shape[2] * s]
+        lq, s = load_image(lq_path), self.scale
+        gt = fit_gt(load_image(gt_path), lq, s, lq_path, gt_path)
         if self.crop is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            rng = np.random.default_rng([self.seed, epoch, idx])
             lq, gt = _paired_crop(lq, gt, self.crop, s, rng)
         if s > 1:
             lq = upsample(lq, gt.shape[-2:])
@@ -432,10 +440,13 @@ def _single_threaded():
         torch.set_num_threads(n)
 
 
-def _check_index(idx, n):
+def _epoch_index(key, n, epoch):
+    """(epoch, index) from an index (at the epoch of set_epoch) or an (epoch, index) pair: a loader's
+    sampler chooses the epoch that way, which reaches worker processes where set_epoch does not."""
+    epoch, idx = key if isinstance(key, tuple) else (epoch, key)
     if not -n <= idx < n:
         raise IndexError(f"index {idx} out of range for a dataset of {n} pairs")
-    return int(idx) % n
+    return int(epoch), int(idx) % n
 
 
 def _paired_crop(lq, gt, crop, scale, rng):
@@ -481,48 +492,15 @@ def _photo_crop(name, crop, rng):
 # ----------------------------------------------------------------------------- task -> degradation
 
 def degrade(task, clean, rng, split="val"):
-    """Low-quality version of `clean` for `task` (section 9), as drawn for `split`.
-
-    "val" (the default; the paper's settings): derain: light or heavy rain with probability
-    1/2 each (Rain100L / Rain100H-like, synthetic.rain); deblur: camera shake of extent 3-15
-    px; denoise: sigma = 25/255, unclamped; sr: x4 bicubic down/up; inpaint: "thin" masks
-    (the paper's CelebA-HQ setting); dehaze: haze with beta 0.6-1.8.
-    "train": wider ranges that contain the val ones: derain: synthetic.rain_streaks with
-    probability 3/4, else the val rain; deblur: motion_blur(wide=True); inpaint: "thin" or
-    "thick" masks (1/2 each); dehaze: haze(wide=True); denoise and sr as val (the tasks are
-    defined at sigma 25 and bicubic x4; the IR-SDE denoiser, mu = x0, never sees the LQ).
-    "unseen": models that training never uses: derain: synthetic.rain_drops; deblur:
-    defocus_blur; inpaint: inpaint_blobs; dehaze: fog; denoise and sr as val (their unseen
-    set differs from val by its held-out photographs only).
-    """
-    _check_task(task)
-    _check_split(split)
-    unseen, train = split == "unseen", split == "train"
-    if task == "derain":
-        if unseen:
-            return synthetic.rain_drops(clean, rng)
-        if train and rng.random() < 0.75:
-            return synthetic.rain_streaks(clean, rng)
-        return synthetic.rain(clean, rng, heavy=bool(rng.random() < 0.5))
-    if task == "deblur":
-        return synthetic.defocus_blur(clean, rng) if unseen else synthetic.motion_blur(clean, rng, wide=train)
-    if task == "denoise":
-        return synthetic.gaussian_noise(clean, rng)
-    if task == "sr":
-        return synthetic.downsample_upsample(clean)
-    if task == "inpaint":
-        if unseen:
-            return synthetic.inpaint_blobs(clean, rng)
-        return synthetic.inpaint_mask(clean, rng, kind="thick" if train and rng.random() < 0.5 else "thin")
-    return synthetic.fog(clean, rng) if unseen else synthetic.haze(clean, rng, wide=train)
+    """Low-quality version of `clean` for `task` as drawn for `split` (its row of tasks.TASKS).
+    "val" is the default: the paper's settings, the fixed validation sets' degradations."""
+    _check(task, split)
+    return getattr(tasks.TASKS[task], split)(clean, rng)
 
 
-def _check_task(task):
-    if task not in TASKS:
-        raise DataError(f"unknown task {task!r}; expected one of {TASKS}")
-
-
-def _check_split(split):
+def _check(task, split):
+    if task not in tasks.TASKS:
+        raise DataError(f"unknown task {task!r}; expected one of {', '.join(tasks.TASKS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
 
@@ -545,12 +523,11 @@ class SyntheticPairs(Dataset):
     4-word seed sequences can never equal a training one (for seeds below 2**32), so each
     set is the same on every run and disjoint from training data. Clean images are the
     same for every task. GT and LQ are rounded to 8 bits like images read from PNG files,
-    except the noisy denoising input, which stays unclamped floating point.
+    except a noisy input (a task with a noise level: denoising), which stays unclamped floating point.
     """
 
     def __init__(self, task, n, crop, seed=0, split="train"):
-        _check_task(task)
-        _check_split(split)
+        _check(task, split)
         if int(n) != n or n < 1 or int(crop) != crop or crop < 8:
             raise DataError(f"need n >= 1 and crop >= 8, got n={n!r}, crop={crop!r}")
         self.task, self.n, self.crop, self.seed, self.split = task, int(n), int(crop), seed, split
@@ -563,21 +540,22 @@ class SyntheticPairs(Dataset):
     def __len__(self):
         return self.n
 
-    def __getitem__(self, idx):
+    def __getitem__(self, key):
         with _single_threaded():
-            return self._pair(_check_index(idx, self.n))
+            return self._pair(*_epoch_index(key, self.n, self.epoch))
 
-    def _pair(self, idx):
+    def _pair(self, epoch, idx):
         if self.split == "train":
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            rng = np.random.default_rng([self.seed, epoch, idx])
             clean = self._train_clean(rng)
             clean = dihedral(clean, int(rng.integers(8)))
         else:
             tag = SPLITS.index(self.split)  # 1 (val) or 2 (unseen)
             clean = self._held_out_clean(idx, tag)
-            rng = np.random.default_rng([VAL_SEED, idx, TASKS.index(self.task) + 1, tag])
+            rng = np.random.default_rng([VAL_SEED, idx, tasks.TASKS[self.task].val_seed, tag])
         lq = degrade(self.task, clean, rng, self.split)
-        return (lq if self.task == "denoise" else quantize(lq)), clean
+        noisy = tasks.TASKS[self.task].noise_sigma is not None  # stays floating point, as noise is
+        return (lq if noisy else quantize(lq)), clean
 
     def _train_clean(self, rng):
         u = rng.random()
@@ -601,18 +579,17 @@ def make_dataset(task, root=None, crop=128, seed=0, split="train", n=None, scale
 
     Folders: split="train" gives random crops with augmentation, split="val" whole images;
     "unseen" is an error (it exists for the built-in data only); n is ignored; scale
-    defaults to 1, and for task "sr" is inferred from the image sizes (4 for DIV2K-style
-    LQ, 1 when LQ is stored already upsampled).
+    defaults to 1, and for an SR task (scale > 1 in tasks.py) is inferred from the image sizes
+    (4 for DIV2K-style LQ, 1 when LQ is stored already upsampled).
     Synthetic: n defaults to DEFAULT_TRAIN_LEN (train) or DEFAULT_VAL_LEN (val, unseen).
     """
-    _check_task(task)
-    _check_split(split)
+    _check(task, split)
     if root is not None:
         if split == "unseen":
             raise DataError(f"{root}: the 'unseen' split exists only for the built-in synthetic "
                             f"data; use split 'val' for a folder")
-        if scale is None and task != "sr":
-            scale = 1  # for "sr", None makes _check_sizes infer it
+        if scale is None and tasks.TASKS[task].scale == 1:
+            scale = 1  # for SR, None makes check_sizes infer it
         train = split == "train"
         return PairedFolder(root, crop=crop if train else None, seed=seed, scale=scale,
                             augment=train)

@@ -50,6 +50,10 @@ class IRSDE:
     their sum up to t. `sigma_rate[t]` = sqrt(2 lambda^2 theta_rate[t]). Methods gather them at an
     integer t (or a LongTensor (B,)) and broadcast over images of any dtype and device.
     `eps` is e^{-theta_bar_T} (the reference's name), never the noise.
+
+    Shapes: x, mu, x0 and noise are (B, C, H, W) images (any shape whose first dimension is the
+    batch); t and s are ints, or LongTensors (B,) giving each image its own index. Every method
+    returns a tensor of x's shape, except the losses (scalars) and `transition` (that mean and a float).
     """
 
     def __init__(self, lam=10 / 255, T=100, schedule="cosine", eps=0.005):
@@ -102,7 +106,8 @@ class IRSDE:
         return self._at(self.v.sqrt(), x, t)
 
     def q_sample(self, mu, x0, t, generator=None):
-        """Draw x_t = m_t + sqrt(v_t) noise from x0 (eq. 6, 9); returns (x_t, noise). mu=None: x0 + noise."""
+        """Draw x_t = m_t + sqrt(v_t) noise from x0 (eq. 6, 9); returns (x_t, noise), both (B, C, H, W).
+        mu=None: x0 + noise."""
         noise = _randn(x0, generator)
         return self.mean(mu, x0, t) + self.std(x0, t) * noise, noise
 
@@ -264,7 +269,7 @@ class IRSDE:
 # ---- networks and samplers -------------------------------------------------------------------
 
 def noise_model(net, sde, param="noise"):
-    """Wrap a network as model(x, mu, t) -> noise. param "noise": it predicts the noise (eq. 10).
+    """Wrap a network as model(x, mu, t) -> noise, x and mu (B, C, H, W), t (B,). param "noise": it predicts the noise (eq. 10).
     param "x0": it predicts a residual r with x0_hat = mu + r (x + r when mu=None, mu unknown),
     converted to noise through eq. 6. Anchored at mu, an untrained network already returns the LQ
     image, and the noise in x never has to be cancelled exactly."""
@@ -350,7 +355,7 @@ def _sampler(name):
 
 
 def sample(model, sde, mu, steps=None, sampler="posterior", generator=None, **kwargs):
-    """Restore mu: start at x_T = mu + lambda z (PAPER.md §6; drops the eps (x0 - mu) residual) and
+    """Restore mu (B, C, H, W) to x_0 of its shape: start at x_T = mu + lambda z (PAPER.md §6; drops the eps (x0 - mu) residual) and
     run the named sampler (sde, ode, posterior or ddim) over `steps` respaced indices."""
     run = _sampler(sampler)
     x = mu + sde.lam * _randn(mu, generator)

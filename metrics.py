@@ -141,6 +141,15 @@ def evaluate(restored, gt, crop_border=4):
     }
 
 
+COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y")
+
+
+def mean(rows):
+    """The mean of each metric (COLUMNS, and LPIPS where measured) over rows of `evaluate`."""
+    keys = [k for k in COLUMNS + ("lpips",) if k in rows[0]]
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
 def colour_shift(restored, gt):
     """Largest difference of a channel's mean, restored against GT, on the 0-255 scale: a colour
     cast or brightness shift that PSNR spreads over all pixels. Tensors (3,H,W) in [0, 1]."""

@@ -13,13 +13,13 @@ Degradations per task of PAPER.md section 9, each documenting its parameter rang
   inpaint  `make_mask` / `inpaint_mask` (thin: val; thin or thick: train),
            `blob_mask` / `inpaint_blobs` (unseen only)
   dehaze   `haze` (val; wide=True: train), `fog` (unseen only)
-Which split uses which is decided in data.degrade.
+Which split uses which is each task's row in tasks.py.
 
 Images are float32 torch tensors (3, H, W) in [0, 1]. Every function is a pure function
 of its arguments: all randomness is drawn from the numpy `np.random.Generator` passed in
 (`rng`), so the same generator state gives bit-identical output, and nothing here reads
-files or global state. The task -> degradation dispatch, the shipped photographs and the
-datasets live in data.py, which imports this module (never the other way round).
+files or global state. The task -> degradation table is tasks.py; the shipped photographs and
+the datasets live in data.py. Both import this module (never the other way round).
 """
 import numpy as np
 import torch

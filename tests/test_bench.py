@@ -25,7 +25,7 @@ def rows_of(root):
 def test_ablate_quick_trains_every_variant_and_writes_a_table(ablation):
     rows = rows_of(ablation)
     runs = [r for r in rows if r["kind"] == "run"]
-    variants = bench.ablation_variants(bench.train.TASK_SDE["derain"])
+    variants = bench.ablation_variants(bench.tasks.TASKS["derain"].lam)
     assert [(r["variant"], r["seed"]) for r in runs] == [(n, s) for n, _, _, seeds in variants for s in seeds]
     assert all(r["step"] == 2 and 0 < r["val"]["psnr_y"] < 100 and r["unseen"] for r in runs)
     assert all(r["curve"][-1][0] == 2 for r in runs)  # validated every step in --quick
@@ -98,9 +98,14 @@ def test_ablate_fp32_reaches_every_variant_run(tmp_path, monkeypatch):
 
 def test_sample_sweep_refuses_step_counts_the_checkpoint_cannot_run_before_any_row(ablation, capsys):
     checkpoint = next(ablation.glob("ir-sde-3-posterior-steps*/last.pt"))  # T = 10 in --quick
-    with pytest.raises(SystemExit, match=r"--steps 11 0: .*runs 1 to 10 steps"):
+    with pytest.raises(SystemExit, match=r"--sample-steps 11 0: .*runs 1 to 10 steps"):
         bench.main(["sample", "--checkpoint", str(checkpoint), "--device", "cpu", "--steps", "5", "11", "0"])
     assert capsys.readouterr().out == ""
+    bench.main(["sample", "--checkpoint", str(checkpoint), "--device", "cpu", "--sample-steps", "2",
+                "--samplers", "posterior", "sde"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| posterior") or
+            line.startswith("| sde")]
+    assert [row.split(" | ")[1:3] for row in rows] == [["2", "2"], ["2", "2"]]  # steps, evaluations counted
     cnn = next(ablation.glob("cnn-*/last.pt"))
     with pytest.raises(SystemExit, match="CNN baseline restores in one pass"):
         bench.main(["sample", "--checkpoint", str(cnn), "--device", "cpu"])

@@ -5,7 +5,10 @@ import json
 import pytest
 import torch
 
+import checkpoint
+import flags
 import metrics
+import restore
 import sample
 import train
 from data import DataError, load_image, save_image
@@ -28,13 +31,13 @@ def test_sample_runs_the_authors_weights_with_any_step_count(tmp_path):
         sample.main(["--checkpoint", str(tmp_path / "rain100h_sde.pth"), "--task", "derain", "--input",
                      str(tmp_path / "in"), "--output", str(tmp_path / f"out{steps}"), "--steps", steps])
         assert load_image(tmp_path / f"out{steps}" / "a.png").shape == (3, 20, 28)
-    net, sde, config = sample.load_checkpoint(tmp_path / "rain100h_sde.pth", task="derain")
+    net, sde, config = checkpoint.load(tmp_path / "rain100h_sde.pth", task="derain")
     assert (sde.lam, sde.T, sde.eps, sde.schedule) == (10 / 255, 100, 0.005, "cosine")  # their test config
     assert config["sampling"] == {"sampler": "posterior", "steps": None, "clip_x0": False}
     lq = load_image(tmp_path / "in" / "a.png")[None]
-    expected = sample.restore(net, sde, config, lq, steps=5, generator=torch.Generator().manual_seed(0))
+    expected = restore.restore(net, sde, config, lq, steps=5, generator=torch.Generator().manual_seed(0))
     assert (metrics.to_uint8(load_image(tmp_path / "out5" / "a.png")) == metrics.to_uint8(expected[0])).all()
-    _, sde, config = sample.load_checkpoint(authors_pth(tmp_path / "dn.pth", "denoise") and tmp_path / "dn.pth",
+    _, sde, config = checkpoint.load(authors_pth(tmp_path / "dn.pth", "denoise") and tmp_path / "dn.pth",
                                             task="denoise")
     assert (sde.lam, sde.eps, config["sampling"]["sampler"]) == (75 / 255, 0.04, "ode")
 
@@ -42,10 +45,10 @@ def test_sample_runs_the_authors_weights_with_any_step_count(tmp_path):
 def test_plain_state_dict_needs_task_and_must_fit(tmp_path):
     state_dict = authors_pth(tmp_path / "w.pth", prefix="")
     with pytest.raises(DataError, match="--task"):
-        sample.load_checkpoint(tmp_path / "w.pth")
+        checkpoint.load(tmp_path / "w.pth")
     torch.save({k: v for k, v in state_dict.items() if k != "init_conv.weight"}, tmp_path / "bad.pth")
     with pytest.raises(DataError, match=r"bad\.pth.*missing.*init_conv\.weight"):
-        sample.load_checkpoint(tmp_path / "bad.pth", task="derain")
+        checkpoint.load(tmp_path / "bad.pth", task="derain")
     with pytest.raises(SystemExit, match="--task"):
         sample.main(["--checkpoint", str(tmp_path / "w.pth"), "--input", str(tmp_path), "--output",
                      str(tmp_path / "o")])
@@ -53,11 +56,11 @@ def test_plain_state_dict_needs_task_and_must_fit(tmp_path):
 
 def test_init_from_the_authors_weights_and_from_a_checkpoint(tmp_path):
     authors_pth(tmp_path / "w.pth")
-    net = sample.load_checkpoint(tmp_path / "w.pth", task="derain")[0]
+    net = checkpoint.load(tmp_path / "w.pth", task="derain")[0]
     fresh = type(net)(**{**net.config, "zero_out": True})
     train.init_weights(fresh, tmp_path / "w.pth", "derain")
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
-    tiny = train.build(train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny"])), "cpu")[0]
+    tiny = checkpoint.build(flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "tiny"])), "cpu")[0]
     with pytest.raises(DataError, match="--net"):
         train.init_weights(tiny, tmp_path / "w.pth", "derain")
     # a train.py checkpoint: fine-tuning starts from its EMA weights

@@ -13,10 +13,12 @@ import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
+import checkpoint
 import irsde
 import metrics
+import restore
 import sample
-import train
+import tasks
 from data import DataError, load_image, save_image, upsample
 from unet import UNet
 
@@ -33,22 +35,22 @@ def make_net(cond=True, std=0.1):
 
 
 def make_config(net, sde, task="derain", loss="ml", param="noise", sampling=None, scale=1):
-    """A configuration in the layout of sample.make_config."""
-    sampling = {"sampler": "ode" if task == "denoise" else "posterior", "steps": None, "clip_x0": False,
-                **(sampling or {})}
+    """A configuration in the layout of checkpoint.make_config."""
+    sampling = {"sampler": tasks.TASKS[task].sampler, "steps": None, "clip_x0": False, **(sampling or {})}
     return {"task": task, "loss": loss, "param": param, "sde": None if sde is None else sde.config(),
-            "net": net.config, "scale": scale, "sampling": sampling, "args": {}}
+            "net": {"name": "unet", **net.config}, "scale": scale, "sampling": sampling,
+            "args": {"t_draw": "uniform", "loss_norm": "l1"}}
 
 
 def save_checkpoint(path, task="derain", loss="ml", sde=None, sampling=None, scale=1):
-    """A checkpoint laid out as train.save_checkpoint writes it; returns (net, sde, config)."""
-    cond = task != "denoise" and loss != "cnn"
+    """A checkpoint laid out as checkpoint.save writes it; returns (net, sde, config)."""
+    cond = tasks.TASKS[task].conditional and loss != "cnn"
     net = make_net(cond)
     if sde is None and loss != "cnn":
         sde = irsde.IRSDE(10 / 255, T=20)
     config = make_config(net, sde, task, loss, sampling=sampling, scale=scale)
     torch.save({"model": net.state_dict(), "ema": net.state_dict(), "optimizer": {}, "scheduler": {},
-                "step": 1, "config": config, "rng": train.rng_state(torch.Generator())},
+                "step": 1, "config": config, "rng": checkpoint.rng_state(torch.Generator())},
                path)
     return net, sde, config
 
@@ -87,7 +89,7 @@ def test_load_checkpoint_prefers_ema_and_rebuilds_sde(tmp_path):
     ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
     ckpt["model"] = {k: torch.zeros_like(v) for k, v in ckpt["model"].items()}  # raw weights differ
     torch.save(ckpt, tmp_path / "c.pt")
-    loaded, loaded_sde, loaded_config = sample.load_checkpoint(tmp_path / "c.pt")
+    loaded, loaded_sde, loaded_config = checkpoint.load(tmp_path / "c.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
     assert loaded_sde.config() == sde.config() and loaded_config == config and not loaded.training
 
@@ -99,15 +101,16 @@ def test_checkpoint_of_the_earlier_layout_restores_the_same_bytes(tmp_path):
     ckpt = torch.load(tmp_path / "new.pt", weights_only=False)
     ckpt["config"]["sampling"] = {"sampler": "ddim", "steps": 4, "clip_x0": True}
     torch.save(ckpt, tmp_path / "new.pt")
-    old = {k: v for k, v in ckpt["config"].items() if k != "sampling"}
+    old = {k: v for k, v in ckpt["config"].items() if k not in ("sampling", "scale")}
     old["sde"] = {("max_sigma" if k == "lam" else k): v for k, v in old["sde"].items()}
+    old["net"] = {k: v for k, v in old["net"].items() if k != "name"}
     old["args"] = {"sampler": "ddim", "sample_steps": 4, "clip_x0": True, "max_sigma": 10.0}
     torch.save(dict(ckpt, config=old), tmp_path / "old.pt")
     write_images(tmp_path / "in", ["a.png"], seed=1)
     for name in ("new", "old"):
         run_main("--checkpoint", tmp_path / f"{name}.pt", "--input", tmp_path / "in", "--output", tmp_path / name)
     assert (tmp_path / "new" / "a.png").read_bytes() == (tmp_path / "old" / "a.png").read_bytes()
-    _, sde, config = sample.load_checkpoint(tmp_path / "old.pt")
+    _, sde, config = checkpoint.load(tmp_path / "old.pt")
     assert config["sampling"] == ckpt["config"]["sampling"] and sde.lam == pytest.approx(10 / 255)
 
 
@@ -116,7 +119,7 @@ def test_load_checkpoint_falls_back_to_model_weights(tmp_path):
     ckpt = torch.load(tmp_path / "c.pt", weights_only=False)
     del ckpt["ema"]
     torch.save(ckpt, tmp_path / "c.pt")
-    loaded, sde, _ = sample.load_checkpoint(tmp_path / "c.pt")
+    loaded, sde, _ = checkpoint.load(tmp_path / "c.pt")
     assert sde is None
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values()))
 
@@ -142,7 +145,7 @@ class LocalNet(torch.nn.Module):
 def test_windows_cover_every_pixel_with_positive_weight(n, tile, data):
     overlap = data.draw(st.integers(0, tile // 2))
     total = torch.zeros(n, dtype=torch.float64)
-    for start, weights in sample._windows(n, tile, overlap):
+    for start, weights in restore._windows(n, tile, overlap):
         assert 0 <= start and start + len(weights) <= n and len(weights) == min(tile, n)
         assert (weights > 0).all() and (weights <= 1).all()
         total[start:start + len(weights)] += weights
@@ -155,7 +158,7 @@ def test_tiled_local_network_equals_untiled(cond):
     x, mu = torch.rand(2, 3, 70, 90, generator=g), torch.rand(2, 3, 70, 90, generator=g)
     mu = mu if cond else None
     t = torch.tensor([3, 17])
-    torch.testing.assert_close(sample.tiled(net, 32, 8)(x, mu, t), net(x, mu, t), atol=1e-6, rtol=0)
+    torch.testing.assert_close(restore.tiled(net, 32, 8)(x, mu, t), net(x, mu, t), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "posterior"])
@@ -164,7 +167,7 @@ def test_tiled_restore_equals_untiled_for_local_network(sampler):
     net, sde = LocalNet(), irsde.IRSDE(10 / 255, T=20)
     config = make_config(make_net(), sde, param="x0")
     lq = torch.rand(1, 3, 70, 90, generator=torch.Generator().manual_seed(0))
-    run = lambda **kw: sample.restore(net, sde, config, lq, sampler, steps=5,
+    run = lambda **kw: restore.restore(net, sde, config, lq, sampler, steps=5,
                                       generator=torch.Generator().manual_seed(4), **kw)
     torch.testing.assert_close(run(tile=32, overlap=8), run(), atol=1e-5, rtol=0)
 
@@ -177,9 +180,9 @@ def test_tiled_unet_has_no_seams():
     mu = smooth_image(70, 90)
 
     def border_ratio(overlap):
-        out = sample.restore(net, sde, config, mu, "ddim", steps=5, tile=32, overlap=overlap)
+        out = restore.restore(net, sde, config, mu, "ddim", steps=5, tile=32, overlap=overlap)
         d = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(0, 1, 2))  # d[c-1]: columns c-1 | c
-        borders = {s + k for s, w in sample._windows(90, 32, overlap) for k in (0, len(w))} - {0, 90}
+        borders = {s + k for s, w in restore._windows(90, 32, overlap) for k in (0, len(w))} - {0, 90}
         return max(d[c - 1] for c in borders) / d.median()
 
     assert border_ratio(overlap=0) > 2  # the measure sees seams
@@ -192,7 +195,7 @@ def test_same_seed_same_output_different_seed_different():
     net, sde = make_net(std=0.01), irsde.IRSDE(10 / 255, T=20)
     config = make_config(net, sde)
     lq = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
-    run = lambda seed: sample.restore(net, sde, config, lq, "posterior", steps=6,
+    run = lambda seed: restore.restore(net, sde, config, lq, "posterior", steps=6,
                                       generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(1), run(1))
     assert not torch.equal(run(1), run(2))
@@ -203,9 +206,9 @@ def test_defaults_come_from_checkpoint_sampling_settings():
     lq = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0))
     with_args = make_config(net, sde, sampling={"sampler": "ddim", "steps": 4, "clip_x0": True})
     seeded = lambda: torch.Generator().manual_seed(0)
-    explicit = sample.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded(), clip_x0=True)
-    assert torch.equal(sample.restore(net, sde, with_args, lq, generator=seeded()), explicit)
-    assert not torch.equal(sample.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded()), explicit)
+    explicit = restore.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded(), clip_x0=True)
+    assert torch.equal(restore.restore(net, sde, with_args, lq, generator=seeded()), explicit)
+    assert not torch.equal(restore.restore(net, sde, make_config(net, sde), lq, "ddim", 4, seeded()), explicit)
 
 
 # ---- command line end to end -----------------------------------------------------------------
@@ -227,19 +230,19 @@ def test_end_to_end_folder_with_gt(setup, capsys):
         for key, value in expected.items():
             assert row[key] == pytest.approx(value, abs=1e-12)
             assert float(table[name][key]) == pytest.approx(value, abs=1e-6)
-    for key in sample.COLUMNS:
+    for key in metrics.COLUMNS:
         mean = sum(r[key] for r in report["images"]) / 2
         assert report["mean"][key] == pytest.approx(mean) and float(table["mean"][key]) == pytest.approx(mean, abs=1e-6)
     # pictures: LQ | restored | GT, and 8 states above their x0 predictions, then the restored image above the GT
     restored = load_image(out / "a.png")
     compare = load_image(out / "compare" / "a.png")
-    assert compare.shape == (3, H, 3 * W + 2 * sample.GAP)
-    assert torch.equal(compare[..., W + sample.GAP:2 * W + sample.GAP], restored)
-    strip = load_image(out / "trajectory" / "a.png")[:, sample.LABEL_HEIGHT:]  # below the labels
-    assert strip.shape == (3, 2 * H + sample.GAP, 9 * W + 8 * sample.GAP)
+    assert compare.shape == (3, H, 3 * W + 2 * restore.GAP)
+    assert torch.equal(compare[..., W + restore.GAP:2 * W + restore.GAP], restored)
+    strip = load_image(out / "trajectory" / "a.png")[:, restore.LABEL_HEIGHT:]  # below the labels
+    assert strip.shape == (3, 2 * H + restore.GAP, 9 * W + 8 * restore.GAP)
     assert torch.equal(strip[..., :H, -W:], restored)
-    assert torch.equal(strip[..., H + sample.GAP:, -W:], load_image(setup / "gt" / "a.png"))
-    last_x0 = strip[..., H + sample.GAP:, -2 * W - sample.GAP:-W - sample.GAP]
+    assert torch.equal(strip[..., H + restore.GAP:, -W:], load_image(setup / "gt" / "a.png"))
+    last_x0 = strip[..., H + restore.GAP:, -2 * W - restore.GAP:-W - restore.GAP]
     assert torch.equal(last_x0, restored)  # the last posterior step returns the x0 predicted at its t
 
 
@@ -273,7 +276,7 @@ def test_denoise_checkpoint_end_to_end(tmp_path):
     run_main("--checkpoint", tmp_path / "dn.pt", "--input", tmp_path / "in", "--gt", tmp_path / "gt",
              "--output", tmp_path / "out", "--noise-sigma", "5", "--trajectory")
     lq = load_image(tmp_path / "in" / "n.png")[None]
-    expected = sample.restore(net, sde, config, lq, "ode", noise_sigma=5 / 255)[0]
+    expected = restore.restore(net, sde, config, lq, "ode", noise_sigma=5 / 255)[0]
     assert (metrics.to_uint8(load_image(tmp_path / "out" / "n.png")) == metrics.to_uint8(expected)).all()
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["sampler"] == "ode"
     assert (tmp_path / "out" / "trajectory" / "n.png").is_file()
@@ -358,7 +361,7 @@ def empty_checkpoint(root):
     (missing_gt, [], "names must match; no GT for {root}/in/b.png"),
     (None, ["--output", "{root}/in"], "output folder holds input or GT images"),
     (None, ["--output", "{root}/ckpt.pt/sub"], "cannot write to the output folder"),
-    (None, ["--noise-sigma", "25"], "--noise-sigma applies to denoising checkpoints only"),
+    (None, ["--noise-sigma", "25"], "--noise-sigma applies to tasks with a noise level only"),
 ])
 def test_bad_input_is_a_clear_error(setup, damage, argv, message):
     if damage is not None:
@@ -396,7 +399,7 @@ def test_checkpoint_with_zero_sampling_steps_is_refused(tmp_path):
     save_checkpoint(tmp_path / "c.pt", sampling={"steps": 0})
     write_images(tmp_path / "in", ["a.png"])
     argv = ["--checkpoint", tmp_path / "c.pt", "--input", tmp_path / "in", "--output", tmp_path / "out"]
-    with pytest.raises(SystemExit, match="c.pt: stores 0 sampling steps.*pass --steps N with 1 <= N <= 20"):
+    with pytest.raises(SystemExit, match="c.pt: stores 0 sampling steps.*pass --sample-steps N with 1 <= N <= 20"):
         run_main(*argv)
     run_main(*argv, "--steps", "2")
     assert (tmp_path / "out" / "a.png").is_file()
@@ -410,10 +413,10 @@ def test_sr_checkpoint_upsamples_inputs_by_its_scale(tmp_path):
     argv = ["--checkpoint", tmp_path / "x4.pt", "--input", tmp_path / "lq", "--gt", tmp_path / "gt", "--steps", "2"]
     run_main(*argv, "--output", tmp_path / "out")
     lq = upsample(load_image(tmp_path / "lq" / "a.png"), (H, W))[None]
-    expected = sample.restore(net, sde, config, lq, steps=2, generator=torch.Generator().manual_seed(0))[0]
+    expected = restore.restore(net, sde, config, lq, steps=2, generator=torch.Generator().manual_seed(0))[0]
     assert (metrics.to_uint8(load_image(tmp_path / "out" / "a.png")) == metrics.to_uint8(expected)).all()
     write_images(tmp_path / "gt", ["a.png"], size=(H, W + 4))
-    with pytest.raises(SystemExit, match=r"is 8x6 but .*a.png is 36x24 \(this x4 checkpoint needs GT = LQ size x 4\)"):
+    with pytest.raises(SystemExit, match=r"is 8x6 but .*a.png is 36x24 \(expected GT size / 4 = 9x6\)"):
         run_main(*argv, "--output", tmp_path / "out2")
 
 
@@ -477,9 +480,9 @@ def test_steps_beyond_the_available_indices_and_flags_a_cnn_ignores_are_refused(
     go = lambda ckpt, *argv: run_main("--checkpoint", tmp_path / ckpt, "--input", tmp_path / "in",
                                       "--gt", tmp_path / "gt", "--output", tmp_path / "out", *argv)
     for ckpt, argv, message in [
-        ("ir.pt", ["--steps", "21"], r"--steps 21: must be between 1 and 20 \(T = 20\)"),
+        ("ir.pt", ["--steps", "21"], r"--sample-steps 21: must be between 1 and 20 \(T = 20\)"),
         ("dn.pt", ["--noise-sigma", "10", "--steps", "4"], r"between 1 and 3 \(t\* = 3 for --noise-sigma 10\)"),
-        ("cnn.pt", ["--steps", "2"], "--steps: .*cnn.pt is the CNN baseline"),
+        ("cnn.pt", ["--steps", "2"], "--sample-steps: .*cnn.pt is the CNN baseline"),
         ("cnn.pt", ["--sampler", "ddim"], "--sampler: "),
     ]:
         with pytest.raises(SystemExit, match=message):
@@ -504,7 +507,7 @@ def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys, 
     go("same_steps", "--steps", "1")
     assert "never saw" not in capsys.readouterr().out
     go("more", "--steps", "3")
-    assert f"trained only at the indices of its 1 sampling step(s) (--t-draw {t_draw}); --steps 3" in capsys.readouterr().out
+    assert f"trained only at the indices of its 1 sampling step(s) (--t-draw {t_draw}); --sample-steps 3" in capsys.readouterr().out
     assert (tmp_path / "more" / "n.png").exists()
 
 
@@ -536,3 +539,11 @@ def test_full_disk_is_a_named_error_without_temporary_files(setup, monkeypatch):
     with pytest.raises(SystemExit, match=re.escape(f"error: {target}: cannot write (No space left on device)")):
         run_main("--checkpoint", setup / "ckpt.pt", "--input", setup / "in", "--output", setup / "out", "--steps", "1")
     assert not [p for p in (setup / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_flag_spellings_match_train_py_and_the_old_ones_still_work():
+    """--out and --sample-steps as train.py spells them; --output and --steps are kept as aliases."""
+    base = ["--checkpoint", "c.pt", "--input", "in"]
+    for spelling in (["--out", "o", "--sample-steps", "3"], ["--output", "o", "--steps", "3"]):
+        args = sample.parse_args(base + spelling)
+        assert (args.out, args.sample_steps) == ("o", 3)

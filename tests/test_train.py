@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 import data
+import flags
 import irsde
+import restore
 import sample
 import train
 
@@ -62,8 +65,7 @@ def test_end_to_end_writes_checkpoint_log_and_picture(tmp_path):
     assert {"unseen_psnr_y", "unseen_psnr_y_input"} <= set(rows[-1])
     assert data.load_image(tmp_path / "unseen_0000004.png").shape == picture.shape
     assert len(data.find_pairs(tmp_path / "unseen")) == 2
-    from unet import UNet
-    net = UNet(**config["net"])
+    net = checkpoint.NETWORKS[config["net"]["name"]](**{k: v for k, v in config["net"].items() if k != "name"})
     net.load_state_dict(ckpt["ema"])
     assert not (tmp_path / "last.pt.tmp").exists()
 
@@ -114,17 +116,17 @@ def test_ddp_two_processes_on_cpu(tmp_path):
                                              ("ml", "x0", "derain"), ("cnn", "noise", "derain"),
                                              ("ml", "x0", "denoise")])
 def test_each_loss_decreases_on_a_fixed_batch(loss, param, task):
-    args = train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny", "--loss", loss, "--param", param,
+    args = flags.fill_defaults(flags.parse(["--task", task, "--preset", "tiny", "--loss", loss, "--param", param,
                                                  "--T", "20", "--t-draw", "uniform"]))  # forward states: a fixed objective
     torch.manual_seed(0)
-    net, sde = train.build(args, torch.device("cpu"))
+    net, sde = checkpoint.build(args, torch.device("cpu"))
     net.final_conv.reset_parameters()  # default init, as the authors: the zero-initialised head makes step 1 special
     lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset(task, crop=32)[i] for i in range(4)]))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
         g = torch.Generator().manual_seed(0)  # same t and noise each time: a fixed objective
-        loss_value = train.train_step(net, sde, args, lq, gt, g)
+        loss_value = train.batch_loss(net, sde, args, lq, gt, g)
         opt.zero_grad()
         loss_value.backward()
         opt.step()
@@ -153,15 +155,15 @@ def test_bad_input_fails_before_training(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="task=derain"):
         train.main(["--resume", str(tmp_path / "ok" / "last.pt"), "--task", "deblur"])
     with pytest.raises(SystemExit):
-        train.parse_args(["--task", "paint"])
+        flags.parse(["--task", "paint"])
     assert not list((tmp_path / "empty").iterdir())
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     run(tmp_path, iters=2)
     before = (tmp_path / "last.pt").read_bytes()
-    real = train.train_step
-    monkeypatch.setattr(train, "train_step", lambda *a: real(*a) * float("nan"))
+    real = train.batch_loss
+    monkeypatch.setattr(train, "batch_loss", lambda *a: real(*a) * float("nan"))
     with pytest.raises(FloatingPointError, match="step 3"):
         train.main(["--resume", str(tmp_path / "last.pt"), "--iters", "4"])
     assert (tmp_path / "last.pt").read_bytes() == before
@@ -185,17 +187,17 @@ def test_new_run_never_replaces_a_trained_checkpoint(sr_run):
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
-def refused(monkeypatch, tmp_path, flags, message):
-    """train.main refuses the flags with `message` before creating any output folder."""
+def refused(monkeypatch, tmp_path, given, message):
+    """train.main refuses the flags `given` with `message` before creating any output folder."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(data.DataError, match=message):
-        train.main(["--task", "derain", *FAST, "--iters", "2", *flags])
+    with pytest.raises(flags.UsageError, match=message):
+        train.main(["--task", "derain", *FAST, "--iters", "2", *given])
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flags", [["--sample-steps", "0"], ["--sample-steps", "-2"], ["--sample-steps", "21"]])
-def test_sample_steps_must_be_between_1_and_T(monkeypatch, tmp_path, flags):
-    refused(monkeypatch, tmp_path, flags, r"--sample-steps .*: must be between 1 and --T \(20\)")
+@pytest.mark.parametrize("given", [["--sample-steps", "0"], ["--sample-steps", "-2"], ["--sample-steps", "21"]])
+def test_sample_steps_must_be_between_1_and_T(monkeypatch, tmp_path, given):
+    refused(monkeypatch, tmp_path, given, r"--sample-steps .*: must be between 1 and --T \(20\)")
 
 
 @pytest.mark.parametrize("flag", ["--val-every", "--save-every", "--log-every"])
@@ -203,7 +205,7 @@ def test_zero_intervals_are_refused(monkeypatch, tmp_path, flag):
     refused(monkeypatch, tmp_path, [flag, "0"], f"{flag} 0: must be at least 1")
 
 
-@pytest.mark.parametrize("flags, message", [
+@pytest.mark.parametrize("given, message", [
     (["--iters", "0"], "--iters 0: must be at least 1"),
     (["--batch", "0"], "--batch 0"), (["--crop", "4"], "--crop 4: must be at least 8"),
     (["--lr", "0"], "--lr 0.0"), (["--lr", "nan"], "--lr nan"), (["--ema", "1"], r"--ema 1.0: must be in \[0, 1\)"),
@@ -213,8 +215,8 @@ def test_zero_intervals_are_refused(monkeypatch, tmp_path, flag):
     (["--max-sigma", "0"], "--max-sigma 0.0"), (["--milestones", "5", "0"], "--milestones 5 0"),
     (["--val-images", "0"], "--val-images 0"), (["--seed", "-1"], "--seed -1"),
 ])
-def test_every_numeric_flag_is_checked_before_any_work(monkeypatch, tmp_path, flags, message):
-    refused(monkeypatch, tmp_path, flags, message)
+def test_every_numeric_flag_is_checked_before_any_work(monkeypatch, tmp_path, given, message):
+    refused(monkeypatch, tmp_path, given, message)
 
 
 @pytest.mark.parametrize("device, message", [("gpu", "--device gpu: expected cpu, cuda or cuda:N"),
@@ -255,7 +257,7 @@ def test_damaged_training_image_stops_the_run_before_step_1(tmp_path):
 
 
 def test_error_after_step_1_saves_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
-    real, calls = train.train_step, []
+    real, calls = train.batch_loss, []
 
     def failing(*args):
         calls.append(1)
@@ -263,7 +265,7 @@ def test_error_after_step_1_saves_and_says_how_to_resume(tmp_path, monkeypatch, 
             raise RuntimeError("out of memory")
         return real(*args)
 
-    monkeypatch.setattr(train, "train_step", failing)
+    monkeypatch.setattr(train, "batch_loss", failing)
     with pytest.raises(RuntimeError, match="out of memory"):
         train.main(["--task", "derain", *FAST, *QUICK, "--iters", "10", "--out", str(tmp_path)])
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 2
@@ -273,25 +275,28 @@ def test_error_after_step_1_saves_and_says_how_to_resume(tmp_path, monkeypatch, 
 def test_resume_refuses_flags_that_differ_from_the_run(sr_run, tmp_path):
     folder, out = sr_run
     path = str(out / "last.pt")
-    ckpt = train.load_resume(path)
-    for flags, named in ((["--lr", "0.5"], "--lr"), (["--lr", "0"], "--lr"), (["--data", str(tmp_path)], "--data"),
+    ckpt = checkpoint.read_for_resume(path)
+    for given, named in ((["--lr", "0.5"], "--lr"), (["--lr", "0"], "--lr"), (["--data", str(tmp_path)], "--data"),
                          (["--batch", "3"], "--batch"), (["--max-sigma", "20"], "--max-sigma")):
-        with pytest.raises(data.DataError, match=f"would ignore {named} "):
-            train.main(["--resume", path, "--iters", "4", *flags])
-    same = train.parse_args(["--resume", path, "--lr", str(ckpt["config"]["args"]["lr"]), "--data", str(folder)])
-    assert train.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
-    before = {**ckpt, "config": {**ckpt["config"], "args": {k: v for k, v in ckpt["config"]["args"].items()
-                                                         if k != "loss_norm"}}}  # written before --loss-norm
-    assert train.resume_args(train.parse_args(["--resume", path, "--loss-norm", "l1"]), before, path).loss_norm == "l1"
+        with pytest.raises(flags.UsageError, match=f"would ignore {named} "):
+            train.main(["--resume", path, "--iters", "4", *given])
+    same = flags.parse(["--resume", path, "--lr", str(ckpt["config"]["args"]["lr"]), "--data", str(folder)])
+    assert flags.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
+    written = torch.load(path, weights_only=False)  # as written before --loss-norm and --t-draw
+    written["config"]["args"] = {k: v for k, v in written["config"]["args"].items() if k not in ("loss_norm", "t_draw")}
+    torch.save(written, tmp_path / "before.pt")
+    before = checkpoint.read_for_resume(tmp_path / "before.pt")  # checkpoint.upgrade: the runs of then
+    assert (before["config"]["args"]["loss_norm"], before["config"]["args"]["t_draw"]) == ("l1", "uniform")
+    assert flags.resume_args(flags.parse(["--resume", path, "--loss-norm", "l1"]), before, path).loss_norm == "l1"
 
 
 def test_resume_of_a_finished_run_asks_for_more_iters(sr_run):
-    with pytest.raises(data.DataError, match="at step 2 already; pass --iters above it"):
+    with pytest.raises(flags.UsageError, match="at step 2 already; pass --iters above it"):
         train.main(["--resume", str(sr_run[1] / "last.pt")])
 
 
 def test_ctrl_c_saves_and_exits_130(tmp_path, monkeypatch):
-    real, calls = train.train_step, []
+    real, calls = train.batch_loss, []
 
     def interrupted(*args):
         calls.append(1)
@@ -299,7 +304,7 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)  # handled by train.py: the step finishes
         return real(*args)
 
-    monkeypatch.setattr(train, "train_step", interrupted)
+    monkeypatch.setattr(train, "batch_loss", interrupted)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--task", "derain", *FAST, *QUICK, "--iters", "50", "--out", str(tmp_path)])
@@ -329,52 +334,52 @@ def test_full_disk_is_a_named_error_that_keeps_the_last_checkpoint(tmp_path, mon
 
 @pytest.mark.parametrize("steps", [1, 3, 5])
 def test_t_draw_sampler_trains_exactly_the_sampled_indices(steps):
-    args = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny", "--sample-steps",
+    args = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "tiny", "--sample-steps",
                                                  str(steps), "--t-draw", "sampler"]))
-    sde = train.build(args, torch.device("cpu"))[1]
+    sde = checkpoint.build(args, torch.device("cpu"))[1]
     t = train.draw_indices(sde, args, 4000, torch.Generator().manual_seed(0), "cpu")
     grid = set(irsde.timesteps(sde, steps)) - {0}
     assert set(t.tolist()) == grid  # every evaluated index, nothing else
-    paper = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny", "--t-draw", "uniform"]))
+    paper = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "tiny", "--t-draw", "uniform"]))
     uniform = train.draw_indices(sde, paper, 4000, torch.Generator().manual_seed(0), "cpu")
     assert set(uniform.tolist()) == set(range(1, sde.T + 1))
 
 
 @pytest.mark.parametrize("t_draw", ["sampler", "chain"])
 def test_t_draw_on_the_sampler_grid_is_refused_for_denoising(tmp_path, t_draw):
-    with pytest.raises(data.DataError, match=f"--t-draw {t_draw}: denoising starts at t"):
+    with pytest.raises(flags.UsageError, match=f"--t-draw {t_draw}: denoise starts at t"):
         train.main(["--task", "denoise", *FAST, "--t-draw", t_draw, "--out", str(tmp_path)])
     assert not tmp_path.joinpath("val").exists()
 
 
 def test_t_draw_chain_is_refused_for_noise_matching(tmp_path):
-    with pytest.raises(data.DataError, match="--t-draw chain: noise matching .* needs the noise"):
+    with pytest.raises(flags.UsageError, match="--t-draw chain: noise matching .* needs the noise"):
         train.main(["--task", "derain", *FAST, "--t-draw", "chain", "--loss", "noise", "--out", str(tmp_path)])
 
 
 def test_t_draw_chain_trains_on_the_states_the_sampler_reaches(monkeypatch):
     """The loss sees x_t as the sampler builds it: from x_T = mu + lambda z through the network's own
     earlier predictions (irsde.chain_states), at the indices the sampler evaluates."""
-    args = train.fill_defaults(train.parse_args(["--task", "derain", *FAST, "--t-draw", "chain", "--fp32"]))
+    args = flags.fill_defaults(flags.parse(["--task", "derain", *FAST, "--t-draw", "chain", "--fp32"]))
     torch.manual_seed(0)
-    net, sde = train.build(args, torch.device("cpu"))
+    net, sde = checkpoint.build(args, torch.device("cpu"))
     lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset("derain", crop=16)[i] for i in range(4)]))
     seen = {}
     real = irsde.chain_states
     monkeypatch.setattr(irsde, "chain_states", lambda *a, **k: seen.setdefault("x", real(*a, **k)))
-    loss = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0))
+    loss = train.batch_loss(net, sde, args, lq, gt, torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.item() > 0 and all(p.grad is not None for p in net.parameters())
     generator = torch.Generator().manual_seed(0)
     t = train.draw_indices(sde, args, 4, generator, "cpu")
-    model = irsde.noise_model(sample.network(net, torch.device("cpu"), bf16=False), sde, "x0")
+    model = irsde.noise_model(restore.network(net, torch.device("cpu"), bf16=False), sde, "x0")
     expected = real(model, sde, lq, t, irsde.timesteps(sde, 3), "posterior", generator, True)
     assert torch.equal(seen["x"], expected)
 
 
 def test_tiny_denoising_draws_uniform_indices():
     """The tiny preset trains on its sampler's own chain, except for denoising (t* varies)."""
-    parse = lambda task: train.fill_defaults(train.parse_args(["--task", task, "--preset", "tiny"]))
+    parse = lambda task: flags.fill_defaults(flags.parse(["--task", task, "--preset", "tiny"]))
     assert parse("derain").t_draw == "chain" and parse("denoise").t_draw == "uniform"
     assert parse("derain").sample_steps >= 3  # the quick start runs the reverse process, not one step
 
@@ -386,38 +391,38 @@ def test_loss_norm_reaches_the_ml_loss_and_the_cnn_baseline():
     for loss in ("ml-posterior", "cnn"):
         values = {}
         for norm in ("l1", "l2"):
-            args = train.fill_defaults(train.parse_args([*base, "--loss", loss, "--loss-norm", norm]))
+            args = flags.fill_defaults(flags.parse([*base, "--loss", loss, "--loss-norm", norm]))
             torch.manual_seed(0)
-            net, sde = train.build(args, torch.device("cpu"))
-            values[norm] = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
+            net, sde = checkpoint.build(args, torch.device("cpu"))
+            values[norm] = train.batch_loss(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
         # the untrained network returns its input (zero head): the error is gt - lq in both
         assert values["l2"] == pytest.approx(((gt - lq) ** 2).mean().item(), rel=1e-5), loss
         assert values["l1"] == pytest.approx((gt - lq).abs().mean().item(), rel=1e-5), loss
     for preset in ("tiny", "paper"):
-        assert train.fill_defaults(train.parse_args(["--task", "derain", "--preset", preset])).loss_norm == "l1"
+        assert flags.fill_defaults(flags.parse(["--task", "derain", "--preset", preset])).loss_norm == "l1"
 
 
 def test_precision_is_chosen_by_the_device(monkeypatch):
     """bf16 autocast on CUDA and on CPUs with bf16 instructions; float32 elsewhere or with --fp32."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (True, False):
-        monkeypatch.setattr(train, "native_cpu_bf16", lambda: native)
-        assert train.bf16_training(cpu) is native and train.bf16_training(cuda)
-        assert not train.bf16_training(cpu, fp32=True) and not train.bf16_training(cuda, fp32=True)
+        monkeypatch.setattr(restore, "native_cpu_bf16", lambda: native)
+        assert restore.use_bf16(cpu) is native and restore.use_bf16(cuda)
+        assert not restore.use_bf16(cpu, fp32=True) and not restore.use_bf16(cuda, fp32=True)
 
 
 def test_bf16_training_step_is_the_float32_step_to_bf16_accuracy(monkeypatch):
     """The autocast really applies (the loss moves by bf16 rounding) and changes nothing else."""
-    args = train.fill_defaults(train.parse_args(["--task", "derain", "--preset", "tiny", "--T", "20"]))
+    args = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "tiny", "--T", "20"]))
     torch.manual_seed(0)
-    net, sde = train.build(args, torch.device("cpu"))
+    net, sde = checkpoint.build(args, torch.device("cpu"))
     net.final_conv.reset_parameters()  # a zero head would output 0 in either precision
     lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset("derain", crop=32)[i] for i in range(4)]))
-    monkeypatch.setattr(train, "native_cpu_bf16", lambda: True)
+    monkeypatch.setattr(restore, "native_cpu_bf16", lambda: True)
     losses = {}
     for fp32 in (True, False):
         args.fp32 = fp32
-        losses[fp32] = train.train_step(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
+        losses[fp32] = train.batch_loss(net, sde, args, lq, gt, torch.Generator().manual_seed(0)).item()
     assert losses[True] != losses[False]
     assert losses[False] == pytest.approx(losses[True], rel=0.005)
 
@@ -442,10 +447,10 @@ def test_signal_to_the_process_group_with_loader_workers_ends_cleanly(tmp_path, 
 
 
 def test_loader_workers_follow_the_cores(monkeypatch):
-    parse = lambda *flags: train.fill_defaults(train.parse_args(["--task", "derain", *flags]))
-    monkeypatch.setattr(train, "usable_cores", lambda: 2)
-    assert parse().workers == 2 and train.PRESETS["paper"]["workers"] == 4  # no more workers than cores
-    monkeypatch.setattr(train, "usable_cores", lambda: 64)
+    parse = lambda *given: flags.fill_defaults(flags.parse(["--task", "derain", *given]))
+    monkeypatch.setattr(flags, "usable_cores", lambda: 2)
+    assert parse().workers == 2 and flags.PRESETS["paper"]["workers"] == 4  # no more workers than cores
+    monkeypatch.setattr(flags, "usable_cores", lambda: 64)
     assert parse().workers == 4
     assert parse("--workers", "3").workers == 3  # as given
 
@@ -456,18 +461,20 @@ def test_a_recipe_too_long_for_the_machine_says_so_early(monkeypatch):
     clock = iter([0.0, 13.0, 40.0, 53.0])
     monkeypatch.setattr(train.time, "time", lambda: next(clock))
     pace = train.Pace(0)
-    assert not pace.estimate_due(1)  # 13 s: the first step (warm-up) only starts the clock
-    assert pace.estimate_due(2)      # 40 s: at least 20 s after it
-    assert not pace.estimate_due(3)  # once
-    monkeypatch.setattr(train.time, "time", lambda: 40.0)
-    line = pace.estimate(2, 700_000, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    assert pace.estimate(1, 700_000, cpu) is None  # 13 s: the first step (warm-up) only starts the clock
+    line = pace.estimate(2, 700_000, cpu)           # 40 s: at least 20 s after it
     assert "27.00 s per step (the 1 step after the first)" in line and "219 days" in line and "--preset tiny" in line
-    assert "--preset tiny" not in pace.estimate(2, 700_000, torch.device("cuda"))
-    assert "about 4.5 minutes on this machine" in pace.estimate(2, 12, torch.device("cpu"))
+    assert pace.estimate(3, 700_000, cpu) is None   # once
+    for device, iters, said in ((torch.device("cuda"), 700_000, "219 days"), (cpu, 12, "about 4.5 minutes")):
+        clock = iter([0.0, 13.0, 40.0])
+        pace = train.Pace(0)
+        pace.estimate(1, iters, device)
+        line = pace.estimate(2, iters, device)
+        assert said in line and "--preset tiny" not in line
     clock = iter([0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])  # fast steps: due 5 steps after the first
-    monkeypatch.setattr(train.time, "time", lambda: next(clock))
     pace = train.Pace(0)
-    assert [pace.estimate_due(step) for step in range(1, 7)] == [False] * 5 + [True]
+    assert [pace.estimate(step, 100, cpu) is not None for step in range(1, 7)] == [False] * 5 + [True]
 
 
 def test_validation_images_too_small_for_the_metrics_are_refused_before_step_1(tmp_path):

@@ -1,0 +1,230 @@
+"""train.py's flags, its two recipes (presets) and every check of the flags, run before any work.
+
+A run's settings come from here alone: the flags given, then the preset's values, then the task's
+row of tasks.TASKS (lambda, eps, its samplers); with --resume, the checkpoint's settings. Values a
+run cannot honour are refused with the flag named (UsageError), never capped or ignored.
+"""
+import argparse
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import torch
+
+import checkpoint
+import data
+import irsde
+import tasks
+
+
+class UsageError(ValueError):
+    """A flag or combination of flags the run cannot honour; the message names the flag."""
+
+
+# "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 6 minutes;
+# README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
+PRESETS = {
+    "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
+                  ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
+                  T=100, schedule="cosine", clip_x0=False, sample_steps=100,
+                  log_every=100, val_every=5000, save_every=5000, workers=4),
+    "tiny": dict(net="tiny", iters=1800, batch=8, crop=32, lr=1e-3, milestones=[1238, 1575],
+                 ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
+                 T=100, schedule="cosine", clip_x0=True, sample_steps=3,
+                 log_every=100, val_every=600, save_every=600, workers=0),
+}
+RESUME_MAY_CHANGE = ("out", "device", "compile", "fp32", "workers", "iters", "resume")  # not part of the recipe
+
+
+def parse(argv=None, doc=None):
+    """The flags as given (None where not given); `settings` fills and checks them."""
+    return parser(doc).parse_args(argv)
+
+
+def parser(doc=None):
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="preset defaults (explicit flags override):\n" + "\n".join(
+                                    f"  {k}: {json.dumps(v)}" for k, v in PRESETS.items()))
+    p.add_argument("--task", choices=tasks.TASKS, help="restoration task (required unless --resume)")
+    p.add_argument("--preset", choices=PRESETS, help="recipe defaults (default: paper)")
+    p.add_argument("--data", help="training folder (GT/+LQ/, Rain100 or GoPro layout); default: synthetic pairs")
+    p.add_argument("--val", help="validation folder; default: the fixed synthetic validation set")
+    p.add_argument("--out", help="output folder (default: runs/<task>)")
+    p.add_argument("--resume", help="continue from this checkpoint (its settings win)")
+    p.add_argument("--init-from", help="start from these weights (fine-tuning): a train.py checkpoint "
+                   "or the authors' .pth (with --net paper)")
+    p.add_argument("--seed", type=int, help="seeds every random source (default: 0)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--fp32", action="store_true", help="train in float32 (default: bf16 autocast on CUDA "
+                   "and on CPUs with native bf16)")
+    p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
+                   help="ml: eq. 15 (Euler-Maruyama mean, paper); ml-posterior: eq. 15 with the posterior "
+                   "step's mean (eq. 14 with x0_hat); noise: eq. 10; cnn: the paper's CNN baseline (LQ -> HQ)")
+    p.add_argument("--loss-norm", choices=["l1", "l2"], help="distance in the ML loss and the CNN baseline: "
+                   "|.| (paper, every preset) or its square (the Gaussian log-likelihood of eq. 13)")
+    p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
+    p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
+    p.add_argument("--t-draw", choices=["uniform", "sampler", "chain"],
+                   help="training indices and states: uniform on 1..T with x_t from the forward process (paper); "
+                   "sampler: only the --sample-steps indices the sampler evaluates; chain: those indices with x_t "
+                   "built by the sampler's own chain from x_T, as restoration builds it")
+    p.add_argument("--net", choices=checkpoint.NETS, help="network preset")
+    p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
+                   + ", ".join(f"{k} {v.lam:g}" for k, v in tasks.TASKS.items()) + ")")
+    p.add_argument("--eps", type=float, help="e^{-theta_bar_T} (default per task: "
+                   + ", ".join(f"{k} {v.eps:g}" for k, v in tasks.TASKS.items()) + ")")
+    p.add_argument("--T", type=int, help="number of SDE steps")
+    p.add_argument("--schedule", choices=["cosine", "linear", "constant"])
+    p.add_argument("--clip-x0", type=int, choices=[0, 1], help="clip predicted x0 to [0, 1] when sampling")
+    p.add_argument("--sampler", choices=irsde.SAMPLERS, help="sampler for validation and sample.py (default: the "
+                   "task's, over every index; its few-step sampler over fewer)")
+    p.add_argument("--sample-steps", type=int, help="sampling steps (network evaluations) per restoration")
+    for name, kind in [("iters", int), ("batch", int), ("crop", int), ("lr", float), ("ema", float),
+                       ("log-every", int), ("val-every", int), ("save-every", int), ("workers", int)]:
+        p.add_argument(f"--{name}", type=kind)
+    p.add_argument("--milestones", type=int, nargs="*", help="steps at which the learning rate halves")
+    p.add_argument("--val-images", type=int, help=f"images validated (default: {data.DEFAULT_VAL_LEN})")
+    return p
+
+
+def settings(args):
+    """(args, checkpoint or None): the run's settings from the parsed flags, or from the checkpoint
+    given with --resume, every one checked."""
+    ckpt = None
+    if args.resume:
+        ckpt = checkpoint.read_for_resume(args.resume)
+        args = resume_args(args, ckpt, args.resume)
+    elif args.task is None:
+        raise UsageError("--task is required (one of " + ", ".join(tasks.TASKS) + ")")
+    else:
+        args = fill_defaults(args)
+    check_args(args)
+    if ckpt is not None and ckpt["step"] >= args.iters:
+        raise UsageError(f"{args.resume}: the run is at step {ckpt['step']} already; pass --iters above it "
+                         "to train further")
+    return args, ckpt
+
+
+def fill_defaults(args):
+    """Unset flags take the preset's value, then the task's: its lambda and eps, its sampler (over
+    every index; its few-step one over fewer), and uniform indices where restoration starts at the
+    input's noise level (t* varies with it, Sec. 4.3)."""
+    preset = PRESETS[args.preset or "paper"]
+    task = tasks.TASKS[args.task]
+    args.preset = args.preset or "paper"
+    args.seed = 0 if args.seed is None else args.seed
+    args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
+    if args.t_draw is None and task.noise_sigma is not None:
+        args.t_draw = "uniform"
+    if args.workers is None:  # the preset's loader workers, no more than this machine's cores
+        args.workers = min(preset["workers"], usable_cores())
+    for key, value in {**preset, "max_sigma": task.lam, "eps": task.eps}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.sampler is None:
+        args.sampler = task.sampler if args.sample_steps >= args.T else task.few_step_sampler
+    args.clip_x0 = bool(args.clip_x0)
+    return args
+
+
+def usable_cores():
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resume_args(given, ckpt, path):
+    """The checkpoint's settings. --out, --device, --compile, --fp32, --workers and --iters may change; any
+    other flag that differs from the checkpoint's value would be ignored, so it is refused."""
+    saved = argparse.Namespace(**ckpt["config"]["args"])
+    for key in ("task", "net", "loss", "param"):
+        if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
+            raise UsageError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
+                             f"{getattr(given, key)}; start a new run instead of --resume")
+    ignored = [f"--{key.replace('_', '-')} (the run has {getattr(saved, key, None)!r})"
+               for key, value in vars(given).items()
+               if key not in RESUME_MAY_CHANGE and value is not None and value is not False
+               and (bool(value) if key == "clip_x0" else value) != getattr(saved, key, None)]
+    if ignored:
+        raise UsageError(f"{path}: --resume continues the run with its own settings and would ignore "
+                         f"{', '.join(ignored)}; drop them, or start a new run with --out")
+    for key in RESUME_MAY_CHANGE:
+        if key in ("out", "device", "compile", "fp32", "resume") or getattr(given, key) is not None:
+            setattr(saved, key, getattr(given, key))
+    return saved
+
+
+def check_args(args):
+    """Every numeric flag, the combinations and --device, checked before any work."""
+    rules = [
+        ("iters", args.iters >= 1, "at least 1"), ("batch", args.batch >= 1, "at least 1"),
+        ("crop", args.crop >= 8, "at least 8"), ("lr", 0 < args.lr < math.inf, "a number above 0"),
+        ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("log-every", args.log_every >= 1, "at least 1"),
+        ("val-every", args.val_every >= 1, "at least 1"), ("save-every", args.save_every >= 1, "at least 1"),
+        ("workers", args.workers >= 0, "0 or more"), ("T", args.T >= 1, "at least 1"),
+        ("eps", 0 < args.eps < 1, "in (0, 1)"),
+        ("max-sigma", 0 < args.max_sigma <= 255, "in (0, 255]: lambda on the 0-255 scale (10 means 10/255)"),
+        ("sample-steps", 1 <= args.sample_steps <= args.T, f"between 1 and --T ({args.T})"),
+        ("milestones", all(m >= 1 for m in args.milestones), "positive step numbers"),
+        ("val-images", args.val_images >= 1, "at least 1"), ("seed", 0 <= args.seed < 2**32, "in [0, 2^32)"),
+    ]
+    for name, ok, rule in rules:
+        if not ok:
+            value = getattr(args, name.replace("-", "_"))
+            shown = " ".join(map(str, value)) if isinstance(value, list) else value  # --milestones
+            raise UsageError(f"--{name} {shown}: must be {rule}")
+    if args.t_draw != "uniform" and tasks.TASKS[args.task].noise_sigma is not None:
+        raise UsageError(f"--t-draw {args.t_draw}: {args.task} starts at t* of each noise level; use uniform")
+    if args.t_draw == "chain" and args.loss == "noise":
+        raise UsageError("--t-draw chain: noise matching (eq. 10) needs the noise of the forward process, "
+                         "which chain states do not have; with --loss noise pass --t-draw sampler or uniform")
+    args.device = str(check_device(args.device))
+    if "RANK" in os.environ and args.device.startswith("cuda:"):
+        raise UsageError(f"--device {args.device}: under torchrun each process uses the GPU of its "
+                         "LOCAL_RANK; pass --device cuda")
+
+
+def check_device(name):
+    """The torch.device for a --device value: cpu, cuda or cuda:N; None picks cuda when available.
+    UsageError for any other name and for a GPU this machine does not have (train.py and sample.py)."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if match is None:
+        raise UsageError(f"--device {name}: expected cpu, cuda or cuda:N")
+    if name != "cpu":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if int(match.group(1) or 0) >= count:
+            raise UsageError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device(name)
+
+
+def output_folder(args):
+    """--out, else the resumed checkpoint's folder, else runs/<task>; refused when it holds another
+    run: a new run never replaces another's checkpoint nor appends to its metrics.jsonl."""
+    out = Path(args.out) if args.out else Path(args.resume).parent if args.resume else Path("runs", args.task)
+    last, log = out / "last.pt", out / "metrics.jsonl"
+    if args.resume is not None and last.exists() and last.resolve() == Path(args.resume).resolve():
+        return out
+    if last.exists():
+        raise data.DataError(f"{out}: holds the checkpoint of another run ({last}); continue that run with "
+                             f"python train.py --resume {last}, or choose another folder with --out")
+    if log.exists() and log.stat().st_size > 0:
+        raise data.DataError(f"{out}: holds the metrics.jsonl of another run; choose another folder with --out")
+    return out
+
+
+def describe(args):
+    """The resolved recipe, printed when a run starts."""
+    loss = f"CNN baseline ({args.loss_norm} from LQ to HQ)" if args.loss == "cnn" else (
+        f"{args.loss} ({args.loss_norm}, {args.param} output, {args.weighting} weighting), "
+        f"indices {args.t_draw}; SDE lambda {args.max_sigma:g}/255, eps {args.eps:g}, T {args.T} {args.schedule}; "
+        f"restores with {args.sample_steps} {args.sampler} step(s){', x0 clipped' if args.clip_x0 else ''}")
+    return (f"recipe ({args.preset}): {args.task} on {args.data or 'built-in synthetic pairs'}, net {args.net}, "
+            f"{loss}; batch {args.batch} of "
+            f"{args.crop} x {args.crop}, lr {args.lr:g} halved at {args.milestones}, {args.iters} steps, "
+            f"EMA {args.ema:g}, seed {args.seed}")
