@@ -269,10 +269,10 @@ class IRSDE:
 # ---- networks and samplers -------------------------------------------------------------------
 
 def noise_model(net, sde, param="noise"):
-    """Wrap a network as model(x, mu, t) -> noise, x and mu (B, C, H, W), t (B,). param "noise": it predicts the noise (eq. 10).
-    param "x0": it predicts a residual r with x0_hat = mu + r (x + r when mu=None, mu unknown),
-    converted to noise through eq. 6. Anchored at mu, an untrained network already returns the LQ
-    image, and the noise in x never has to be cancelled exactly."""
+    """Wrap a network as model(x, mu, t) -> noise, x and mu (B, C, H, W), t (B,). param "noise": it
+    predicts the noise (eq. 10). param "x0": it predicts a residual r with x0_hat = mu + r (x + r
+    when mu=None, mu unknown), converted to noise through eq. 6. Anchored at mu, an untrained
+    network already returns the LQ image, and the noise in x never has to be cancelled exactly."""
     if param == "noise":
         return net
     if param != "x0":
@@ -355,8 +355,8 @@ def _sampler(name):
 
 
 def sample(model, sde, mu, steps=None, sampler="posterior", generator=None, **kwargs):
-    """Restore mu (B, C, H, W) to x_0 of its shape: start at x_T = mu + lambda z (PAPER.md §6; drops the eps (x0 - mu) residual) and
-    run the named sampler (sde, ode, posterior or ddim) over `steps` respaced indices."""
+    """Restore mu (B, C, H, W) to x_0 of its shape: start at x_T = mu + lambda z (PAPER.md §6; drops
+    the eps (x0 - mu) residual) and run the named sampler of SAMPLERS over `steps` respaced indices."""
     run = _sampler(sampler)
     x = mu + sde.lam * _randn(mu, generator)
     return run(model, sde, x, mu, timesteps(sde, steps), generator=generator, **kwargs)
