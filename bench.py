@@ -142,7 +142,7 @@ def check_sweep(path, steps, sde, config):
     a task with a noise level)."""
     if sde is None:
         raise data.DataError(f"{path}: the CNN baseline restores in one pass; it has no samplers to sweep")
-    t_start = restore.trajectory_steps(sde, config, 1)[0]  # T, or t* of the task's noise level
+    t_start = restore.start_index(sde, config)
     bad = [n for n in steps if not 1 <= n <= t_start]
     if bad:
         raise flags.UsageError(f"--sample-steps {' '.join(map(str, bad))}: {path} runs 1 to {t_start} steps")

@@ -112,9 +112,8 @@ def fill_defaults(args):
     """Unset flags take the preset's value, then the task's: its lambda and eps, its sampler (over
     every index; its few-step one over fewer), and uniform indices where restoration starts at the
     input's noise level (t* varies with it, Sec. 4.3)."""
-    preset = PRESETS[args.preset or "paper"]
-    task = tasks.TASKS[args.task]
     args.preset = args.preset or "paper"
+    preset, task = PRESETS[args.preset], tasks.TASKS[args.task]
     args.seed = 0 if args.seed is None else args.seed
     args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
     if args.t_draw is None and task.noise_sigma is not None:

@@ -154,12 +154,16 @@ class Trajectory:
         return labelled(torch.cat([top, torch.ones(3, GAP, top.shape[2]), bottom], dim=1), labels, restored.shape[2])
 
 
-def trajectory_steps(sde, config, steps=None, noise_sigma=None):
-    """The indices a restoration of this checkpoint runs through, down to 0: from T, or from t* of
-    the noise level for a task that has one (by default the task's)."""
+def start_index(sde, config, noise_sigma=None):
+    """Where a restoration of this checkpoint starts: T, or t* of the noise level for a task that
+    has one (by default the task's; Sec. 4.3)."""
     task = tasks.TASKS[config["task"]]
-    t_start = sde.T if task.noise_sigma is None else sde.start_index(noise_sigma or task.noise_sigma)
-    return irsde.timesteps(sde, steps or config["sampling"]["steps"], t_start)
+    return sde.T if task.noise_sigma is None else sde.start_index(noise_sigma or task.noise_sigma)
+
+
+def trajectory_steps(sde, config, steps=None, noise_sigma=None):
+    """The indices a restoration of this checkpoint runs through, from `start_index` down to 0."""
+    return irsde.timesteps(sde, steps or config["sampling"]["steps"], start_index(sde, config, noise_sigma))
 
 
 def labelled(picture, labels, width):
