@@ -3,7 +3,8 @@
 Outputs are clamped to [0, 1] and rounded to uint8 before anything is measured; PSNR and SSIM
 then work in float64 on the 0-255 scale, after cutting `crop_border` pixels from every side of
 both images. `y=True` measures the BT.601 luma channel instead of RGB (the paper's deraining
-numbers). Only numpy and torch are needed; LPIPS is optional (`lpips_or_none`).
+numbers). GMSD and the texture ratio, beyond the paper, always measure luma. Only numpy and torch
+are needed; LPIPS is optional (`lpips_or_none`).
 """
 import functools
 import math
@@ -16,6 +17,7 @@ C1 = (0.01 * 255) ** 2  # SSIM stabilisers for a 255 peak (PAPER.md §9)
 C2 = (0.03 * 255) ** 2
 WINDOW = 11  # SSIM Gaussian window size and width
 SIGMA = 1.5
+GMSD_C = 170.0  # GMSD stabiliser for a 255 peak (T in Xue et al.'s MATLAB code)
 LPIPS_SKIPPED = "LPIPS skipped: the lpips package (and its AlexNet weights) is not installed"
 
 
@@ -130,18 +132,88 @@ def min_side(crop_border=4):
     return 2 * crop_border + WINDOW
 
 
+def _luma(a, b, crop_border):
+    """Both images as HxW float64 luma on 0-255, border cut (a one-channel image already is luma)."""
+    a, b = _prepare(a, b, crop_border, y=True)
+    return a[..., 0], b[..., 0]
+
+
+def _average_downsample(img):
+    """MATLAB's conv2(img, fspecial('average', 2), 'same') then img(1:2:end, 1:2:end): the mean of
+    each 2x2 block; 'same' pads zeros below and to the right, so an odd last row or column is
+    averaged with zeros."""
+    h, w = img.shape
+    p = np.pad(img, ((0, h % 2), (0, w % 2)))
+    return (p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) / 4
+
+
+def _prewitt_magnitude(img):
+    """sqrt(gx^2 + gy^2) of the Prewitt filters [1 0 -1; 1 0 -1; 1 0 -1] / 3 and its transpose,
+    'same' size with zero padding like MATLAB's conv2 (its kernel flip only changes the signs)."""
+    p = np.pad(img, 1)
+    dx = p[:, 2:] - p[:, :-2]  # centred differences along rows, then summed over 3 rows
+    dy = p[2:] - p[:-2]
+    gx = (dx[:-2] + dx[1:-1] + dx[2:]) / 3
+    gy = (dy[:, :-2] + dy[:, 1:-1] + dy[:, 2:]) / 3
+    return np.sqrt(gx**2 + gy**2)
+
+
+def gmsd(a, b, crop_border=4):
+    """Gradient Magnitude Similarity Deviation (Xue, Zhang, Mou & Bovik, IEEE TIP 2014) on luma.
+
+    As the authors' MATLAB code: both Y images (0-255) are 2x2-averaged and decimated by 2, their
+    Prewitt gradient magnitudes m1, m2 give the similarity map (2 m1 m2 + c) / (m1^2 + m2^2 + c)
+    with c = GMSD_C = 170, and GMSD is that map's standard deviation with N - 1 (MATLAB's std2).
+    0 for identical images, larger is worse; symmetric in a and b. It compares gradient structure
+    with the GT pixel by pixel, so a restoration cannot lower it by adding noise (extra
+    high-frequency energy raises it) nor by blurring (lost edges raise it).
+    """
+    a, b = _luma(a, b, crop_border)
+    m1, m2 = (_prewitt_magnitude(_average_downsample(x)) for x in (a, b))
+    gms = (2 * m1 * m2 + GMSD_C) / (m1**2 + m2**2 + GMSD_C)
+    if gms.size < 2:
+        raise ValueError(f"metrics.py: GMSD needs at least 2 pixels after halving, got {a.shape} after cropping")
+    return float(np.std(gms, ddof=1))
+
+
+def _laplacian_energy(img):
+    """Mean squared response of the Laplacian [[0,1,0],[1,-4,1],[0,1,0]] over the valid region."""
+    c = img[1:-1, 1:-1]  # as differences from the centre: exactly 0 on a flat image
+    lap = (img[:-2, 1:-1] - c) + (img[2:, 1:-1] - c) + (img[1:-1, :-2] - c) + (img[1:-1, 2:] - c)
+    return float(np.mean(lap**2))
+
+
+def texture_ratio(restored, gt, crop_border=4):
+    """Laplacian energy of the restored luma over that of the GT: a diagnostic, not a score.
+
+    1 means as much high-frequency energy as the GT; a blurry output is below 1, a noisy one above.
+    Noise can game it, so it is reported only beside PSNR and GMSD. A flat GT gives 1 when the
+    output is flat too, else inf.
+    """
+    restored, gt = _luma(restored, gt, crop_border)
+    if min(gt.shape) < 3:
+        raise ValueError(f"metrics.py: texture_ratio needs 3x3 pixels after cropping, got {gt.shape}")
+    num, den = _laplacian_energy(restored), _laplacian_energy(gt)
+    if den == 0:
+        return 1.0 if num == 0 else float("inf")
+    return num / den
+
+
 def evaluate(restored, gt, crop_border=4):
-    """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md §9)."""
-    restored, gt = to_uint8(restored), to_uint8(gt)  # round once, reuse for all four metrics
+    """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md §9), and
+    GMSD and the texture ratio on Y."""
+    restored, gt = to_uint8(restored), to_uint8(gt)  # round once, reuse for all metrics
     return {
         "psnr": psnr(restored, gt, crop_border),
         "ssim": ssim(restored, gt, crop_border),
         "psnr_y": psnr(restored, gt, crop_border, y=True),
         "ssim_y": ssim(restored, gt, crop_border, y=True),
+        "gmsd": gmsd(restored, gt, crop_border),
+        "texture": texture_ratio(restored, gt, crop_border),
     }
 
 
-COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y")
+COLUMNS = ("psnr", "ssim", "psnr_y", "ssim_y", "gmsd", "texture")
 
 
 def mean(rows):

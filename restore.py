@@ -185,8 +185,8 @@ def strip(images):
 
 @torch.no_grad()
 def validate(net, sde, config, val_set, device, step, out, name="val"):
-    """train.py's validation: mean PSNR/SSIM (RGB and Y, PAPER.md §9) of the restored and of the
-    input images, restored as sample.py does, and the worst colour shift over the images
+    """train.py's validation: mean PSNR/SSIM (RGB and Y, PAPER.md §9), GMSD and texture ratio of
+    the restored and of the input images, restored as sample.py does, and the worst colour shift over the images
     (metrics.colour_shift). Saves <name>_<step>.png, LQ | restored | GT of the first images, and
     <name>_trajectory_<step>.png, the reverse process of the first ones (Trajectory)."""
     args = config["args"]

@@ -22,7 +22,8 @@ is refused. A super-resolution checkpoint trained on small LQ images (scale s > 
 config) upsamples each input bicubically by s, as training did; GT must then be s x the LQ.
 
 Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
-and on Y with --crop-border pixels cut, PAPER.md §9); DIR/compare/<stem>.png (LQ |
+and on Y with --crop-border pixels cut, PAPER.md §9; GMSD and the texture ratio on Y, metrics.py);
+DIR/compare/<stem>.png (LQ |
 restored | GT) with --compare; DIR/trajectory/<stem>.png with --trajectory: the reverse process,
 the state x_t the network sees at up to 8 of its steps on top and the x0 it predicts from that
 state below, each column labelled with t, then the restored x_0 above the GT.
@@ -139,7 +140,7 @@ def prepare_output(out, jobs, given, subfolders):
 # ---- metrics report --------------------------------------------------------------------------
 
 def measure(name, restored, gt, crop_border):
-    """PSNR / SSIM on RGB and Y, plus LPIPS where it is installed (PAPER.md §9)."""
+    """PSNR / SSIM on RGB and Y, GMSD and the texture ratio, plus LPIPS where it is installed (PAPER.md §9)."""
     row = dict(image=name, **metrics.evaluate(restored, gt, crop_border))
     lpips = metrics.lpips_or_none(restored, gt)
     if lpips is not None:

@@ -230,13 +230,137 @@ def test_ssim_decreases_with_noise():
     assert scores[0] < 1
 
 
-def test_evaluate_reports_all_four():
+def test_evaluate_reports_every_column():
     gt = torch.rand(3, 24, 24, generator=torch.Generator().manual_seed(1))
     out = (gt + 0.05 * torch.randn(3, 24, 24, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
     r = metrics.evaluate(out, gt)
-    assert set(r) == {"psnr", "ssim", "psnr_y", "ssim_y"}
+    assert set(r) == {"psnr", "ssim", "psnr_y", "ssim_y", "gmsd", "texture"} == set(metrics.COLUMNS)
     assert r["psnr"] == metrics.psnr(out, gt) and r["ssim"] == metrics.ssim(out, gt)
     assert r["psnr_y"] == metrics.psnr(out, gt, y=True) and r["ssim_y"] == metrics.ssim(out, gt, y=True)
+    assert r["gmsd"] == metrics.gmsd(out, gt) > 0 and r["texture"] == metrics.texture_ratio(out, gt) > 1
+    assert metrics.mean([r, r]) == r
+
+
+# ---------------------------------------------------------------- GMSD and texture ratio
+def conv2_same(img, k):
+    """MATLAB's conv2(img, k, 'same') by its definition: the true convolution, zero outside the
+    image, cut to img's size at offset floor(size(k) / 2) into the full result."""
+    (h, w), (kh, kw) = img.shape, k.shape
+    out = np.zeros((h, w))
+    for i in range(h):
+        for j in range(w):
+            for u in range(kh):
+                for v in range(kw):
+                    r, c = i + kh // 2 - u, j + kw // 2 - v
+                    if 0 <= r < h and 0 <= c < w:
+                        out[i, j] += img[r, c] * k[u, v]
+    return out
+
+
+def naive_gmsd(y1, y2):
+    """Xue et al.'s MATLAB GMSD line by line with loops: 2x2 average, (1:2:end) decimation,
+    Prewitt magnitudes, similarity map with T = 170, std2 (N - 1)."""
+    hx = np.array([[1.0, 0, -1]] * 3) / 3
+    maps = []
+    for y in (y1, y2):
+        ave = conv2_same(y, np.full((2, 2), 0.25))
+        y = np.array([[ave[i, j] for j in range(0, ave.shape[1], 2)] for i in range(0, ave.shape[0], 2)])
+        maps.append(np.sqrt(conv2_same(y, hx) ** 2 + conv2_same(y, hx.T) ** 2))
+    q = [(2 * m1 * m2 + 170) / (m1**2 + m2**2 + 170) for m1, m2 in zip(maps[0].ravel(), maps[1].ravel())]
+    mu = sum(q) / len(q)
+    return math.sqrt(sum((v - mu) ** 2 for v in q) / (len(q) - 1))
+
+
+def textured(seed, size=32):
+    """(3,size,size) float image in [0.15, 0.85]: random 4x4 blocks plus a diagonal sinusoid."""
+    blocks = np.random.default_rng(seed).uniform(0.25, 0.75, (3, size // 4, size // 4))
+    yy, xx = np.mgrid[:size, :size]
+    return blocks.repeat(4, 1).repeat(4, 2) + 0.1 * np.sin(0.9 * xx + 0.4 * yy)
+
+
+def box_blur(img, k):
+    """k x k mean filter of a (C,H,W) image, edges replicated, same size."""
+    p = np.pad(img, ((0, 0), (k // 2,) * 2, (k // 2,) * 2), mode="edge")
+    h, w = img.shape[1:]
+    return sum(p[:, i : i + h, j : j + w] for i in range(k) for j in range(k)) / k**2
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(3, 14), st.integers(3, 14), st.integers(0, 2**32 - 1), st.integers(0, 80), st.booleans())
+def test_gmsd_equals_naive_matlab_code(h, w, seed, amp, rgb):
+    # odd sizes exercise the zero padding of the 2x2 average; rgb compares on rgb_to_y's luma
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, (h, w, 3) if rgb else (h, w), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-amp, amp + 1, a.shape), 0, 255).astype(np.uint8)
+    y1, y2 = (metrics.rgb_to_y(x) if rgb else x.astype(np.float64) for x in (a, b))
+    assert abs(metrics.gmsd(a, b, crop_border=0) - naive_gmsd(y1, y2)) < 1e-9
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 5))
+def test_gmsd_zero_for_identical_and_symmetric(seed, crop):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 256, (2, 20, 19, 3), dtype=np.uint8)
+    assert metrics.gmsd(a, a.copy(), crop) == 0
+    assert metrics.gmsd(a, b, crop) == metrics.gmsd(b, a, crop) > 0
+
+
+def test_gmsd_of_step_edge_against_black_by_hand():
+    # GT 8x8: columns 0-3 black, 4-7 at 90; restored all black, so m2 = 0 even at the zero-padded
+    # border and every GMS value is c / (m1^2 + c). Halved, the GT is 4x4 with columns [0 0 90 90].
+    # Prewitt on it (zero padding; sums of 3 rows / columns, or 2 at the border, over 3):
+    #   gx: centred column differences [0 90 90 -90], summed over 3 rows (2 in rows 0 and 3) / 3
+    #   gy: only rows 0 and 3 (next row minus the zero outside), 3-column sums [0 90 180 180] / 3
+    # so m1^2 = 0 in column 0 (4 pixels), 60^2 + 30^2 = 4500 at (0,1), (3,1), 60^2 + 60^2 = 7200 at
+    # (0,2), (0,3), (3,2), (3,3), and 90^2 = 8100 in rows 1-2 of columns 1-3 (6 pixels).
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:, 4:] = 90
+    q = np.repeat([1.0, 170 / 4670, 170 / 7370, 170 / 8270], [4, 2, 4, 6])
+    expect = math.sqrt(np.sum((q - q.mean()) ** 2) / 15)  # std2: N - 1 = 15
+    assert metrics.gmsd(np.zeros((8, 8), np.uint8), gt, crop_border=0) == pytest.approx(expect, abs=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_noise_and_blur_raise_gmsd_and_move_texture_ratio_apart(seed):
+    gt = textured(seed)
+    noise = np.random.default_rng(seed + 1).standard_normal(gt.shape)
+    noisy = [metrics.gmsd(gt + s / 255 * noise, gt) for s in (2, 8, 32)]
+    blurred = [metrics.gmsd(box_blur(gt, k), gt) for k in (3, 5)]
+    assert 0 < noisy[0] < noisy[1] < noisy[2], noisy
+    assert 0 < blurred[0] < blurred[1], blurred
+    assert metrics.texture_ratio(gt + 8 / 255 * noise, gt) > 1 > metrics.texture_ratio(box_blur(gt, 3), gt)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(-40, 40))
+def test_texture_ratio_by_linearity_of_the_laplacian(seed, offset):
+    # one-channel images are luma as they are: doubling the contrast quadruples the Laplacian
+    # energy, a constant offset leaves it unchanged, a flat image has none
+    gt = np.random.default_rng(seed).integers(50, 128, (12, 13), dtype=np.uint8)
+    assert metrics.texture_ratio(2 * gt, gt, 0) == pytest.approx(4, rel=1e-12)
+    assert metrics.texture_ratio((gt.astype(int) + offset).astype(np.uint8), gt, 0) == pytest.approx(1, rel=1e-12)
+    assert metrics.texture_ratio(gt, gt.copy(), 0) == 1
+    assert metrics.texture_ratio(np.full_like(gt, 90), gt, 0) == 0
+
+
+def test_texture_ratio_of_impulses_by_hand():
+    # the valid region of a 5x5 image is its central 3x3. An impulse v at the centre responds -4v
+    # there and v at its 4 neighbours: energy (16 + 4) v^2 / 9. One at (1, 1) keeps only 2 of its
+    # neighbours inside: (16 + 2) v^2 / 9. An 8-neighbour Laplacian would give (64 + 3) / (64 + 8).
+    centre, corner = np.zeros((5, 5), np.uint8), np.zeros((5, 5), np.uint8)
+    centre[2, 2], corner[1, 1] = 200, 100
+    assert metrics.texture_ratio(corner, centre, 0) == pytest.approx(18 / 20 / 4, rel=1e-12)
+
+
+def test_texture_ratio_flat_gt_and_too_small_images():
+    flat, rgb = const(9, 9, (30, 60, 90)), rand_u8(12, (9, 9, 3))
+    assert metrics.texture_ratio(flat, flat.copy(), 0) == 1
+    assert metrics.texture_ratio(rgb, flat, 0) == float("inf")
+    with pytest.raises(ValueError, match="3x3"):
+        metrics.texture_ratio(rgb, rgb, crop_border=4)  # 1x1 left
+    with pytest.raises(ValueError, match="GMSD"):
+        metrics.gmsd(rgb, rgb, crop_border=4)  # 1x1 left, 1x1 halved
 
 
 # ---------------------------------------------------------------- LPIPS (optional)
@@ -306,4 +430,5 @@ def test_colour_shift_is_the_largest_channel_mean_difference(seed, channel, offs
     assert metrics.colour_shift(shifted, gt) == pytest.approx(abs(offset) * 255, abs=1e-4)
     noise = torch.randn(3, 9, 7, generator=torch.Generator().manual_seed(seed + 1)) * 0.1
     by_hand = max(abs(float(noise[c].double().mean())) for c in range(3)) * 255
-    assert metrics.colour_shift(gt + noise, gt) == pytest.approx(by_hand, rel=1e-6, abs=1e-9)
+    # gt + noise is rounded to float32: each pixel is off by at most half an ulp (2^-24 below 2)
+    assert metrics.colour_shift(gt + noise, gt) == pytest.approx(by_hand, abs=255 * 2**-24)
