@@ -1,15 +1,21 @@
 """Benchmarks (never run as tests). Results go in RESULTS.md with the machine that produced them.
 
-    python bench.py train [--device cuda] [--compile]       # training throughput and peak memory
+    python bench.py train [--device cuda] [--compile [MODE]] [--batch 4 16 64]  # images/s, TFLOP/s, MFU
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
+    python bench.py chain --checkpoint runs/derain/last.pt   # x0_hat against t: forward process vs the chain
+    python bench.py compare --checkpoints runs/a/last.pt runs/b/last.pt  # PSNR-Y, GMSD, texture, a picture
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
     python bench.py ablate [--quick] [--fp32] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
 `train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
-the presets' batch and crop, in float32 and, where train.py picks it for the device, with bf16
-autocast. `sample` restores the fixed synthetic validation set with every sampler at 100, 50,
-20, 10 and 5 steps, and counts the network evaluations (NFE) they take.
+the presets' batch and crop (or --batch), in float32 and, where train.py picks it for the device,
+with bf16 autocast; it counts their FLOPs and the built-in data's rate per loader worker.
+`sample` restores the fixed synthetic validation set with every sampler at 100, 50, 20, 10 and
+5 steps, and counts the network evaluations (NFE) they take. `chain` reports the x0 the network
+predicts at each t, from states of the forward process and from its sampler's own chain
+(PAPER.md §13); `compare` restores the same images with several checkpoints (IR-SDE against
+its CNN baseline) and draws their outputs side by side.
 `reference` runs the authors' ConditionalUNet and IRSDE from a local checkout of their repository
 (Algolzw/image-restoration-sde; nothing is downloaded) next to this code's paper network holding
 the same weights: output agreement, training images/s (batch 4, 128 x 128, ML loss) and seconds
@@ -31,6 +37,7 @@ import platform
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import torch
@@ -46,6 +53,9 @@ import train
 import unet
 
 
+DEFAULT_STEPS = [100, 50, 20, 10, 5]
+
+
 def machine(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -53,48 +63,109 @@ def machine(device):
 
 
 def bench_train(args, device):
-    print(f"| network | params | batch x crop | precision | img/s | peak memory | ({machine(device)}, torch {torch.__version__})")
-    print("|---|---|---|---|---|---|")
+    """Full training steps of each preset at its batch and crop (or --batch): images/s, the model
+    FLOPs of a step counted by torch.utils.flop_counter (forward and backward; the optimizer's
+    elementwise work is not counted), TFLOP/s, and MFU: that rate over the peak of a large matmul
+    in the same precision measured on this device (--peak: the card's datasheet bf16 figure instead).
+    The last column is the built-in data's rate in one loader worker: train.py needs the step's
+    images/s divided by it in --workers."""
+    peaks = {fp32: matmul_peak(device, torch.float32 if fp32 else torch.bfloat16) for fp32 in (True, False)}
+    if args.peak:
+        peaks[False] = args.peak * 1e12
+    print(f"{machine(device)}, torch {torch.__version__}; matmul peak {peaks[True] / 1e12:.1f} TFLOP/s fp32 "
+          f"(measured), {peaks[False] / 1e12:.1f} bf16 ({'given' if args.peak else 'measured'})")
+    print("| network | params | batch x crop | precision | img/s | GFLOP / image | TFLOP/s | MFU | peak memory "
+          "| host syncs / step | data img/s per worker |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     # float32 and, where train.py would use it, bf16 autocast: their ratio is the figure to compare
     precisions = [fp32 for fp32 in (True, False) if fp32 or restore.use_bf16(device)]
-    for preset, fp32 in itertools.product(args.presets, precisions):
+    for preset, batch, fp32 in itertools.product(args.presets, args.batch or [None], precisions):
         targs = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", preset]))
-        targs.fp32 = fp32
-        torch.manual_seed(0)
-        net, sde = checkpoint.build(targs, device)
-        net = net.to(memory_format=torch.channels_last)  # as train.py
+        targs.fp32, targs.batch = fp32, batch or targs.batch
+        step, net = training_step(targs, device, args.compile)
+        flops = step_flops(targs, device)
         cuda = device.type == "cuda"
-        model = torch.compile(net) if args.compile else net
-        opt, _, ema = train.optimizers(targs, net)
-        ds = data.make_dataset("derain", crop=targs.crop)
-        lq, gt = (torch.stack(x).to(device).contiguous(memory_format=torch.channels_last)
-                  for x in zip(*[ds[i] for i in range(targs.batch)]))
-        generator = torch.Generator(device).manual_seed(0)
-
-        def step():
-            loss = train.batch_loss(model, sde, targs, lq, gt, generator)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            ema.update_parameters(net)
-
-        warmup, reps = (3, 20) if cuda else (1, 3 if preset == "paper" else 10)
-        for _ in range(warmup):
-            step()
+        warmup, reps = (5, 20) if cuda else (1, 3 if preset == "paper" else 10)
         if cuda:
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / reps
+        seconds = timed(step, device, warmup, reps)
         memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
         params = sum(p.numel() for p in net.parameters()) / 1e6
         precision = "bf16 autocast" if restore.use_bf16(device, fp32) else "fp32"
         print(f"| {preset} | {params:.1f} M | {targs.batch} x {targs.crop}^2 | {precision}"
-              f"{' + compile' if args.compile else ''} | {targs.batch / seconds:.1f} | {memory} |", flush=True)
+              f"{f' + compile {args.compile}' if args.compile else ''} | {targs.batch / seconds:.1f} | "
+              f"{flops / targs.batch / 1e9:.1f} | {flops / seconds / 1e12:.2f} | "
+              f"{flops / seconds / peaks[fp32]:.1%} | {memory} | {host_syncs(step, device)} | "
+              f"{loader_rate(targs):.0f} |", flush=True)
+
+
+def training_step(targs, device, compile_mode=None):
+    """(step, net): step() runs one training step of train.py's loop (loss, backward, Adam, EMA)
+    on a fixed batch of the built-in data."""
+    torch.manual_seed(0)
+    net, sde = checkpoint.build(targs, device)
+    net = net.to(memory_format=torch.channels_last)  # as train.py
+    model = torch.compile(net, mode=compile_mode) if compile_mode else net
+    opt, _, ema = train.optimizers(targs, net)
+    lq, gt = fixed_batch(targs, device)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def step():
+        loss = train.batch_loss(model, sde, targs, lq, gt, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update_parameters(net)
+    return step, net
+
+
+def fixed_batch(targs, device):
+    ds = data.make_dataset("derain", crop=targs.crop)
+    return (torch.stack(x).to(device).contiguous(memory_format=torch.channels_last)
+            for x in zip(*[ds[i % len(ds)] for i in range(targs.batch)]))
+
+
+def step_flops(targs, device, steps=4):
+    """Model FLOPs of one training step, counted (torch.utils.flop_counter) over a few eager steps
+    and averaged: with --t-draw chain a step's network evaluations vary with its indices."""
+    from torch.utils.flop_counter import FlopCounterMode
+    step, _ = training_step(targs, device)
+    with FlopCounterMode(display=False) as counter:
+        for _ in range(steps):
+            step()
+    return counter.get_total_flops() / steps
+
+
+def host_syncs(step, device):
+    """Times one training step makes the host wait for the GPU (torch.cuda's sync debug mode): each
+    wait keeps the host from queueing the next kernels while the GPU runs; "-" on a CPU."""
+    if device.type != "cuda":
+        return "-"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def matmul_peak(device, dtype):
+    """FLOP/s of a large square matmul in dtype on device: what its matrix units deliver here."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    return 2 * n**3 / timed(lambda: a @ b, device, 3, 20 if device.type == "cuda" else 5)
+
+
+def loader_rate(targs, n=64):
+    """Training pairs per second that one loader worker makes (the built-in data at the run's crop)."""
+    ds = data.make_dataset(targs.task, crop=targs.crop)
+    ds[0]
+    start = time.perf_counter()
+    for i in range(1, n + 1):
+        ds[i % len(ds)]
+    return n / (time.perf_counter() - start)
 
 
 def bench_sample(args, device):
@@ -108,7 +179,7 @@ def bench_sample(args, device):
     print("|---|---|---|---|---|---|")
     inputs = metrics.mean([metrics.evaluate(lq.clamp(0, 1), gt) for lq, gt in pairs])
     print(f"| input (LQ) | 0 | 0 | {inputs['psnr_y']:.2f} | {inputs['psnr']:.2f} | - |")
-    for sampler in args.samplers:
+    for sampler in args.samplers or list(irsde.SAMPLERS):
         for steps in args.sample_steps:
             scores, start, net.calls = [], time.perf_counter(), 0
             for k, (lq, gt) in enumerate(pairs):
@@ -122,6 +193,80 @@ def bench_sample(args, device):
             mean = metrics.mean(scores)
             print(f"| {sampler} | {steps} | {net.calls // len(pairs)} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | "
                   f"{seconds:.3f} |", flush=True)
+
+
+@torch.no_grad()
+def bench_chain(args, device):
+    """x0_hat against t (PAPER.md §13): PSNR-Y on `val` of the x0 that the network predicts from the
+    state x_t at index t, where x_t comes from the forward process around the GT (eq. 6: what
+    training with uniform indices shows the network) or from the sampler's own chain of n steps
+    from x_T (what restoration shows it; the checkpoint's sampler, or --samplers). Columns: the
+    indices of the smallest step count (contained in the others' for 5, 10, 20, 50 and 100)."""
+    net, sde, config = checkpoint.load(args.checkpoint, device)
+    counts = sorted(args.sample_steps)
+    check_sweep(args.checkpoint, counts, sde, config)
+    model = irsde.noise_model(restore.network(net, device), sde, config.get("param", "noise"))
+    clip = config["sampling"]["clip_x0"]
+    pairs = [(lq[None].to(device), gt) for lq, gt in data.make_dataset(config["task"], crop=train.VAL_CROP,
+                                                                       split="val")]
+    columns = restore.trajectory_steps(sde, config, counts[0])[:-1]
+    psnr_y = lambda x0, gt: metrics.psnr(x0[0].float().clamp(0, 1).cpu(), gt, restore.VAL_BORDER, y=True)
+    mu_of = lambda lq: lq if tasks.TASKS[config["task"]].conditional else None
+    print(f"x0_hat predicted from x_t at index t, PSNR-Y (dB) on `val` ({len(pairs)} images; {args.checkpoint}; "
+          f"{machine(device)}); inputs {sum(psnr_y(lq.clamp(0, 1), gt) for lq, gt in pairs) / len(pairs):.2f}")
+    print("| x_t comes from | " + " | ".join(f"t = {t}" for t in columns) + " | restored x_0 |")
+    print("|---" * (len(columns) + 2) + "|")
+    forward = []
+    for t in columns:
+        scores = []
+        for k, (lq, gt) in enumerate(pairs):
+            index = torch.full((1,), t, dtype=torch.long, device=device)
+            x_t, _ = sde.q_sample(mu_of(lq), gt[None].to(device), index, torch.Generator(device).manual_seed(k))
+            x0 = sde.x0_from_noise(x_t, mu_of(lq), model(x_t, mu_of(lq), index), index)
+            scores.append(psnr_y(x0.clamp(0, 1) if clip else x0, gt))
+        forward.append(f"{sum(scores) / len(scores):.2f}")
+    print("| the forward process around the GT (eq. 6) | " + " | ".join(forward) + " | - |", flush=True)
+    for sampler, n in itertools.product(args.samplers or [config["sampling"]["sampler"]], counts):
+        at_t, restored = {t: [] for t in columns}, []
+        for k, (lq, gt) in enumerate(pairs):
+            keep = lambda step: step["t"] in at_t and at_t[step["t"]].append(psnr_y(step["x0"], gt))
+            out = restore.restore(net, sde, config, lq, sampler, n, torch.Generator(device).manual_seed(k),
+                                  callback=keep)
+            restored.append(psnr_y(out, gt))
+        cells = [f"{sum(v) / len(v):.2f}" if v else "-" for v in at_t.values()]
+        print(f"| the chain of {n} {sampler} steps | " + " | ".join(cells) +
+              f" | {sum(restored) / len(restored):.2f} |", flush=True)
+
+
+def bench_compare(args, device):
+    """Checkpoints side by side on the `val` and `unseen` images (each restored with its own
+    sampler and step count, or --sample-steps): PSNR-Y, SSIM-Y, GMSD (structure of the gradients
+    against the GT's; noise cannot game it) and the texture ratio (high-frequency energy over the
+    GT's; noise can), and one picture per set: LQ, each model's output, GT."""
+    models = [(Path(path).parent.name, *checkpoint.load(path, device)) for path in args.checkpoints]
+    task, *others = {config["task"] for _, _, _, config in models}
+    if others:
+        raise flags.UsageError(f"--checkpoints: they restore different tasks ({', '.join(sorted([task, *others]))})")
+    out = Path(args.out or "runs/compare")
+    print(f"| model | set | PSNR-Y | SSIM-Y | GMSD | texture | ({machine(device)})")
+    print("|---|---|---|---|---|---|")
+    for split in ("val", "unseen"):
+        pairs = list(data.make_dataset(task, crop=train.VAL_CROP, split=split))
+        outputs = [[lq.clamp(0, 1) for lq, _ in pairs]]
+        for name, net, sde, config in models:
+            steps = args.sample_steps[0] if args.sample_steps != DEFAULT_STEPS else None
+            outputs.append([restore.restore(net, sde, config, lq[None].to(device), steps=steps,
+                                            generator=torch.Generator(device).manual_seed(k))[0].float().cpu()
+                            for k, (lq, _) in enumerate(pairs)])
+        for name, images in zip(["input (LQ)"] + [m[0] for m in models], outputs):
+            mean = metrics.mean([metrics.evaluate(x, gt, restore.VAL_BORDER) for x, (_, gt) in zip(images, pairs)])
+            print(f"| {name} | {split} | {mean['psnr_y']:.2f} | {mean['ssim_y']:.4f} | {mean['gmsd']:.4f} | "
+                  f"{mean['texture']:.2f} |", flush=True)
+        rows = [restore.strip([images[k] for images in outputs] + [pairs[k][1]]) for k in range(min(4, len(pairs)))]
+        picture = torch.cat([r for row in rows for r in (row, torch.ones(3, restore.GAP, row.shape[2]))][:-1], 1)
+        labels = ["LQ"] + [m[0] for m in models] + ["GT"]
+        data.save_image(restore.labelled(picture, labels, train.VAL_CROP), out / f"compare_{split}.png")
+    print(f"pictures: {out / 'compare_val.png'}, {out / 'compare_unseen.png'}")
 
 
 class Counted(torch.nn.Module):
@@ -187,8 +332,9 @@ def bench_reference(args, device):
     with torch.no_grad():
         diff = (theirs(gt, lq, t) - ours(gt, lq, t)).abs().max().item()
     print(f"{machine(device)}, torch {torch.__version__}: same weights, max |output difference| {diff:.2e} (fp32)")
-    print("| code | precision | train img/s (batch 4, 128^2) | s / 256^2 image, 100 posterior steps | 10 | 5 |")
-    print("|---|---|---|---|---|---|")
+    print("| code | precision | train img/s (batch 4, 128^2) | s / 256^2 image, 100 posterior steps | 10 | 5 "
+          "| img/s, 10 steps on a batch of 8 |")
+    print("|---|---|---|---|---|---|---|")
     sde_theirs = ReferenceSDE(max_sigma=lam, T=100, schedule="cosine", eps=0.005, device=device)
     sde_ours = irsde.IRSDE(lam, 100, "cosine", 0.005)
     for precision in ("fp32", "bf16"):
@@ -217,23 +363,26 @@ def bench_reference(args, device):
 
         sde_theirs.set_model(lambda x, mu, t: theirs(x, mu, t).float())
         mu = torch.rand(1, 3, 256, 256, generator=g).to(device)
+        batch_of_8 = mu.expand(8, -1, -1, -1).contiguous()
 
         def their_sample():
             with torch.no_grad(), autocast:
                 sde_theirs.set_mu(mu)
                 sde_theirs.reverse_posterior(sde_theirs.noise_state(mu))
 
-        def our_sample(steps):
+        def our_sample(steps, lq=mu):
             with autocast:
-                irsde.sample(lambda x, mu_, t: ours(x, mu_, t).float(), sde_ours, mu, steps, "posterior")
+                irsde.sample(lambda x, mu_, t: ours(x, mu_, t).float(), sde_ours, lq, steps, "posterior")
 
         reps = (3, 10) if device.type == "cuda" else (1, 2)
         their_train = batch / timed(their_step, device, *reps)
         our_train = batch / timed(our_step, device, *reps)
         their_100 = timed(their_sample, device, 1, 2)
         ours_100, ours_10, ours_5 = (timed(lambda: our_sample(n), device, 1, 3) for n in (100, 10, 5))
-        print(f"| authors' | {precision} | {their_train:.1f} | {their_100:.3f} | | |", flush=True)
-        print(f"| irsde | {precision} | {our_train:.1f} | {ours_100:.3f} | {ours_10:.3f} | {ours_5:.3f} |", flush=True)
+        batch_rate = 8 / timed(lambda: our_sample(10, batch_of_8), device, 1, 3)
+        print(f"| authors' | {precision} | {their_train:.1f} | {their_100:.3f} | | | |", flush=True)
+        print(f"| irsde | {precision} | {our_train:.1f} | {ours_100:.3f} | {ours_10:.3f} | {ours_5:.3f} | "
+              f"{batch_rate:.1f} |", flush=True)
 
 
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
@@ -494,15 +643,21 @@ def save_figure(fig, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "sample", "reference", "ablate", "figures"])
+    p.add_argument("what", choices=["train", "sample", "chain", "compare", "reference", "ablate", "figures"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network (train)")
+    p.add_argument("--compile", nargs="?", const="default", choices=flags.COMPILE_MODES,
+                   help="torch.compile the network, in this mode (train; reduce-overhead: CUDA graphs)")
+    p.add_argument("--batch", type=int, nargs="*", help="batch sizes to time (train; default: each preset's)")
+    p.add_argument("--peak", type=float, help="the device's bf16 peak in TFLOP/s for the MFU (train; default: "
+                   "a measured matmul)")
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="train.py presets to time (train)")
     p.add_argument("--checkpoint", help="checkpoint to sample from (sample)")
     p.add_argument("--reference", help="checkout of Algolzw/image-restoration-sde (reference)")
-    p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS), default=list(irsde.SAMPLERS))
-    p.add_argument("--sample-steps", "--steps", type=int, nargs="*", default=[100, 50, 20, 10, 5],
-                   help="step counts of the sweep (sample)")
+    p.add_argument("--checkpoints", nargs="*", help="checkpoints to compare (compare)")
+    p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS),
+                   help="samplers (sample: default all; chain: default the checkpoint's)")
+    p.add_argument("--sample-steps", "--steps", type=int, nargs="*", default=DEFAULT_STEPS,
+                   help="step counts of the sweep (sample, chain; compare: the first, default each model's own)")
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
     p.add_argument("--net", help="network preset of every variant (ablate; default: the tiny recipe's)")
@@ -517,7 +672,12 @@ def main(argv=None):
         p.error("sample needs --checkpoint")
     if args.what == "reference" and not args.reference:
         p.error("reference needs --reference PATH (a checkout of the authors' repository)")
-    run = {"train": bench_train, "sample": bench_sample, "reference": bench_reference,
+    if args.what == "chain" and not args.checkpoint:
+        p.error("chain needs --checkpoint")
+    if args.what == "compare" and not args.checkpoints:
+        p.error("compare needs --checkpoints A [B ...]")
+    run = {"train": bench_train, "sample": bench_sample, "chain": bench_chain, "compare": bench_compare,
+           "reference": bench_reference,
            "ablate": bench_ablate, "figures": bench_figures}[args.what]
     try:
         run(args, device)

@@ -25,6 +25,8 @@ class UsageError(ValueError):
 
 # "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 6 minutes;
 # README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
+# "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps and trained
+# on their chain (on the CPU that made 10 to 100 steps agree within 0.14 dB; RESULTS.md §9).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
                   ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
@@ -34,7 +36,12 @@ PRESETS = {
                  ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
                  T=100, schedule="cosine", clip_x0=True, sample_steps=3,
                  log_every=100, val_every=600, save_every=600, workers=0),
+    "gpu": dict(net="small", iters=2500, batch=32, crop=64, lr=5e-4, milestones=[1719, 2188],
+                ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
+                T=100, schedule="cosine", clip_x0=True, sample_steps=10,
+                log_every=100, val_every=500, save_every=500, workers=6),
 }
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 RESUME_MAY_CHANGE = ("out", "device", "compile", "fp32", "workers", "iters", "resume")  # not part of the recipe
 
 
@@ -57,7 +64,8 @@ def parser(doc=None):
                    "or the authors' .pth (with --net paper)")
     p.add_argument("--seed", type=int, help="seeds every random source (default: 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
+                   help="torch.compile the network, in this mode (default: default; reduce-overhead adds CUDA graphs)")
     p.add_argument("--fp32", action="store_true", help="train in float32 (default: bf16 autocast on CUDA "
                    "and on CPUs with native bf16)")
     p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],

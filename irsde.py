@@ -72,13 +72,21 @@ class IRSDE:
         self.theta_bar = Theta * self.dt                           # integral of theta over [0, t]
         self.sigma_rate = (2 * self.lam**2 * self.theta_rate).sqrt()  # sigma_t^2 / theta_t = 2 lambda^2
         self.v = self.lam**2 * (1 - torch.exp(-2 * self.theta_bar))   # eq. 6
+        self.sqrt_v = self.v.sqrt()
+        self.exp_theta_bar, self.exp_minus_theta_bar = torch.exp(self.theta_bar), torch.exp(-self.theta_bar)
+        self._tables = {}  # (table, device, dtype) -> the table there; see _at
 
     def config(self):
         return dict(lam=self.lam, T=self.T, schedule=self.schedule, eps=self.eps)
 
     def _at(self, values, x, t, dtype=None):
-        """values[t] shaped (B, 1, ..., 1) on x's device, in x's dtype unless given; t an int or LongTensor (B,)."""
-        values = values.to(x.device).to(dtype or x.dtype)
+        """values[t] shaped (B, 1, ..., 1) on x's device, in x's dtype unless given; t an int or LongTensor (B,).
+        Each table is copied to a device once: a copy from host memory per call would make the host
+        wait for the GPU several times in every training and sampling step."""
+        key = (id(values), x.device, dtype or x.dtype)
+        if key not in self._tables:
+            self._tables[key] = values.to(x.device).to(dtype or x.dtype)
+        values = self._tables[key]
         if isinstance(t, int):
             return values[t]
         return values[t.to(x.device)].view(-1, *([1] * (x.dim() - 1)))
@@ -99,11 +107,11 @@ class IRSDE:
         """m_t = mu + (x0 - mu) e^{-theta_bar_t} (eq. 6); mu=None (mu = x0) gives x0."""
         if mu is None:
             return x0
-        return mu + (x0 - mu) * self._at(torch.exp(-self.theta_bar), x0, t)
+        return mu + (x0 - mu) * self._at(self.exp_minus_theta_bar, x0, t)
 
     def std(self, x, t):
         """sqrt(v_t) = lambda sqrt(1 - e^{-2 theta_bar_t}) (eq. 6), shaped to broadcast with x."""
-        return self._at(self.v.sqrt(), x, t)
+        return self._at(self.sqrt_v, x, t)
 
     def q_sample(self, mu, x0, t, generator=None):
         """Draw x_t = m_t + sqrt(v_t) noise from x0 (eq. 6, 9); returns (x_t, noise), both (B, C, H, W).
@@ -134,7 +142,7 @@ class IRSDE:
         """x0 such that x = m_t(x0) + sqrt(v_t) noise (eq. 6 solved for x0); mu=None: x - sqrt(v_t) noise."""
         if mu is None:
             return x - self.std(x, t) * noise
-        return mu + (x - mu - self.std(x, t) * noise) * self._at(torch.exp(self.theta_bar), x, t)
+        return mu + (x - mu - self.std(x, t) * noise) * self._at(self.exp_theta_bar, x, t)
 
     def noise_from_x0(self, x, mu, x0, t):
         """noise = (x - m_t(x0)) / sqrt(v_t), the inverse of x0_from_noise (mu=None alike)."""

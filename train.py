@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 import checkpoint
@@ -75,7 +75,7 @@ def main(argv=None):
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     if args.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=args.compile)
     batches = iter(DataLoader(train_set, batch_size=args.batch,
                               sampler=sample_order(len(train_set), args.seed, rank, world, step * args.batch),
                               num_workers=args.workers, pin_memory=device.type == "cuda",
@@ -94,18 +94,18 @@ def main(argv=None):
             lq, gt = (x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                       for x in next(batches))
             loss = batch_loss(model, sde, args, lq, gt, generator)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; stopped. The last good "
-                                         f"checkpoint is kept ({run.path}); try a lower --lr")
+            run.watch(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             ema.update_parameters(net)
             step = run.step = step + 1
+            last = step == args.iters
+            if last or 0 in (step % args.log_every, step % args.val_every, step % args.save_every):
+                run.check_finite()  # every rank at the same steps, before anything is logged or saved
             if rank != 0:
                 continue
-            last = step == args.iters
             if step % args.log_every == 0 or last:
                 log_training(log, args, step, loss, sched.get_last_lr()[0], world, pace.its(step))
             estimate = pace.estimate(step, args.iters, device)
@@ -119,6 +119,7 @@ def main(argv=None):
                 pace.reset(step)  # keep validation out of the steps-per-second figures
             if step % args.save_every == 0 or last:
                 run.save()
+        run.check_finite()  # a signal's save must not keep a non-finite model
     finish(run, net, rank, world)
 
 
@@ -168,7 +169,30 @@ def optimizers(args, net):
     except RuntimeError:  # torch before 2.4 on the CPU
         opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, args.milestones, gamma=0.5)
-    return opt, sched, AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(args.ema), use_buffers=True)
+    return opt, sched, EMA(net, args.ema)
+
+
+class EMA(AveragedModel):
+    """The exponential moving average of the weights and buffers, ema += (1 - decay) (w - ema), in
+    one foreach call. torch's EMA (AveragedModel with get_ema_multi_avg_fn) computes the same, but
+    copies its step counter to the GPU at every update, which makes the host wait for the GPU."""
+
+    def __init__(self, net, decay):
+        super().__init__(net, use_buffers=True)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update_parameters(self, model):
+        averaged, current = ([*m.parameters(), *m.buffers()] for m in (self.module, model))
+        if self.n_averaged == 0:  # the first update copies (n_averaged stays on the host)
+            for tensor, value in zip(averaged, current):
+                tensor.copy_(value)
+        else:
+            floats = [k for k, tensor in enumerate(averaged) if tensor.is_floating_point()]
+            torch._foreach_lerp_([averaged[k] for k in floats], [current[k] for k in floats], 1 - self.decay)
+            for k in set(range(len(averaged))) - set(floats):  # integer buffers (counters) follow the model
+                averaged[k].copy_(current[k])
+        self.n_averaged += 1
 
 
 def export_val_set(val_set, folder):
@@ -252,10 +276,28 @@ class Run:
     saves last.pt and says how to resume (`finish` then exits 128 + signal, so that
     `train.py ... && sample.py ...` stops). An exception first saves the steps done since the
     last checkpoint when the file can be written, and prints the --resume command; a NaN loss
-    (FloatingPointError) keeps the last good checkpoint as it is."""
+    (FloatingPointError) keeps the last good checkpoint as it is.
+
+    The loss is checked for NaN on the device (`watch`) and read by the host only when the loop
+    logs, validates or saves (`check_finite`): reading it every step would make the CPU wait for
+    the GPU at every step, so that it could not queue the next one while the GPU runs this one."""
 
     def __init__(self, path, rank, step, state):
         self.path, self.rank, self.step, self.saved, self.state, self.signal = path, rank, step, step, state, None
+        self.bad_step = None  # on the device: the first step whose loss was not finite, 0 while none
+
+    def watch(self, loss):
+        if self.bad_step is None:
+            self.bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+        self.bad_step = torch.where((self.bad_step == 0) & ~torch.isfinite(loss.detach()), self.step + 1, self.bad_step)
+
+    def finite(self):
+        return self.bad_step is None or int(self.bad_step) == 0  # the host waits for the device here
+
+    def check_finite(self):
+        if not self.finite():
+            raise FloatingPointError(f"loss is not finite at step {int(self.bad_step)}; stopped. The last good "
+                                     f"checkpoint is kept ({self.path}); try a lower --lr")
 
     def __enter__(self):
         self.handlers = {sig: signal.signal(sig, self.stop) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -278,7 +320,7 @@ class Run:
             print(f"stopped by signal {self.signal} at step {self.step}; resume with: "
                   f"python train.py --resume {self.path}")
         elif error is not None:
-            if self.step > self.saved:
+            if self.step > self.saved and self.finite():
                 try:
                     self.save()
                 except data.DataError as e:
@@ -378,7 +420,8 @@ def log_validation(log, step, results):
     for name, scores in results.items():
         print(f"{name:<6} {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
               f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
-              f"(input {scores['ssim_input']:.4f}) | colour shift <= {scores['shift_max']:.1f}/255 "
+              f"(input {scores['ssim_input']:.4f}) | GMSD {scores['gmsd']:.4f} (input {scores['gmsd_input']:.4f}) | "
+              f"colour shift <= {scores['shift_max']:.1f}/255 "
               f"(input {scores['shift_max_input']:.1f})", flush=True)
     row = dict(step=step)
     for name, scores in results.items():

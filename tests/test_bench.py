@@ -109,3 +109,50 @@ def test_sample_sweep_refuses_step_counts_the_checkpoint_cannot_run_before_any_r
     cnn = next(ablation.glob("cnn-*/last.pt"))
     with pytest.raises(SystemExit, match="CNN baseline restores in one pass"):
         bench.main(["sample", "--checkpoint", str(cnn), "--device", "cpu"])
+
+
+def test_chain_table_reports_x0_hat_on_the_forward_process_and_along_the_chain(ablation, capsys):
+    """bench.py chain: a forward-process row at the indices of the smallest step count, one row per
+    step count with "-" where its chain does not pass, and a restored x_0 that is exactly what
+    bench.py sample reports for the same sampler, steps and seeds."""
+    path = next(ablation.glob("ir-sde-3-posterior-steps*/last.pt"))  # T = 10 in --quick
+    bench.main(["chain", "--checkpoint", str(path), "--device", "cpu", "--sample-steps", "5", "2"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert lines[0].split(" | ")[1:3] == ["t = 10", "t = 5"]
+    forward, two, five = (line.strip("|").split(" | ") for line in lines[2:])
+    assert forward[0].strip().startswith("the forward process") and forward[-1].strip() == "-"
+    assert all(10 < float(cell) < 100 for cell in forward[1:3])
+    assert "2 posterior steps" in two[0] and "5 posterior steps" in five[0]
+    bench.main(["sample", "--checkpoint", str(path), "--device", "cpu", "--sample-steps", "2", "--samplers",
+                "posterior"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| posterior"))
+    assert two[-1].strip() == row.split(" | ")[3]
+
+
+def test_compare_scores_and_pictures_each_checkpoint(ablation, tmp_path, capsys):
+    paths = [str(next(ablation.glob(f"{name}*/last.pt"))) for name in ("ir-sde-3-posterior-steps", "cnn-")]
+    bench.main(["compare", "--checkpoints", *paths, "--device", "cpu", "--out", str(tmp_path)])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [(r[0].strip("| "), r[1]) for r in rows] == [(name, split) for split in ("val", "unseen") for name in
+                                                        ("input (LQ)", *(bench.Path(p).parent.name for p in paths))]
+    assert all(0 <= float(r[4]) < 1 for r in rows)  # GMSD
+    for split in ("val", "unseen"):
+        picture = data.load_image(tmp_path / f"compare_{split}.png")
+        assert picture.shape[2] == 4 * bench.train.VAL_CROP + 3 * bench.restore.GAP  # LQ, 2 models, GT
+
+
+def test_train_counts_the_flops_of_forward_and_backward(capsys):
+    """The FLOPs of a training step are counted, not estimated: for the CNN baseline (one network
+    evaluation) they are forward + backward, 2 to 3 times the forward's alone."""
+    from torch.utils.flop_counter import FlopCounterMode
+    targs = bench.flags.fill_defaults(bench.flags.parse(["--task", "derain", "--preset", "tiny", "--loss", "cnn",
+                                                         "--batch", "2", "--fp32"]))
+    net, _ = bench.checkpoint.build(targs, torch.device("cpu"))
+    lq, _ = bench.fixed_batch(targs, torch.device("cpu"))
+    with FlopCounterMode(display=False) as forward:
+        net(lq, None, None)
+    ratio = bench.step_flops(targs, torch.device("cpu"), steps=1) / forward.get_total_flops()
+    assert 2 < ratio <= 3
+    bench.main(["train", "--presets", "tiny", "--batch", "2", "--device", "cpu"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
+    assert row.split(" | ")[2] == "2 x 32^2" and row.split(" | ")[7].endswith("%")

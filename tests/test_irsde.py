@@ -498,3 +498,15 @@ def test_l2_ml_loss_fits_the_posterior_mean_and_l1_the_median(n, p_rain, brightn
                               "posterior", norm) for v in grid]
         best = grid[torch.stack(losses).argmin()].item()
         assert best == pytest.approx(expected, abs=brightness / 200 + 1e-9), norm
+
+
+def test_coefficient_tables_are_moved_to_a_device_once():
+    """_at copies each table to a device and dtype once (a host copy per call would make the host
+    wait for the GPU in every step), and a cached table gives the values of the float64 original."""
+    sde = irsde.IRSDE(10 / 255, T=20)
+    x, t = torch.zeros(3, 1, 2, 2, dtype=torch.float32), torch.tensor([1, 7, 20])
+    for _ in range(3):
+        sde.mean(x + 1, x, t), sde.std(x, t), sde.x0_from_noise(x, x + 1, x, t), sde.std(x.double(), t)
+    assert len(sde._tables) == 4  # e^{-theta_bar}, sqrt(v), e^{theta_bar} in float32; sqrt(v) in float64
+    assert torch.equal(sde.std(x, t).flatten(), sde.v.sqrt()[t].float())
+    assert torch.equal(sde.std(x.double(), t).flatten(), sde.v.sqrt()[t])

@@ -169,6 +169,56 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     assert (tmp_path / "last.pt").read_bytes() == before
 
 
+def test_nan_loss_then_a_signal_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """The loss is read on the host only at log, validation and save steps (no host sync per step):
+    a NaN between two such steps still stops the run at the next one, and a signal's save in
+    between never replaces the last good checkpoint with a non-finite model."""
+    run(tmp_path, "--save-every", "100", "--log-every", "10", iters=2)  # steps 3 and 4 neither log nor save
+    before = (tmp_path / "last.pt").read_bytes()
+    real, calls = train.batch_loss, []
+
+    def nan_then_interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # the loop ends after this step and would save
+        return real(*args) * (float("nan") if len(calls) == 1 else 1)
+
+    monkeypatch.setattr(train, "batch_loss", nan_then_interrupted)
+    with pytest.raises(FloatingPointError, match="not finite at step 3"):
+        train.main(["--resume", str(tmp_path / "last.pt"), "--iters", "50"])
+    assert len(calls) == 2 and (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_ema_is_torchs_ema_without_its_host_copy():
+    """train.EMA gives exactly what torch's AveragedModel with get_ema_multi_avg_fn gives (the first
+    update copies, each later one moves 1 - decay of the way), float buffers averaged, integer ones
+    (a fork's BatchNorm counter) following the model."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ours, theirs = train.EMA(net, 0.9), AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for k in range(3):
+        with torch.no_grad():
+            for tensor in net.parameters():
+                tensor.add_(torch.randn_like(tensor))
+        net(torch.rand(2, 3, 8, 8))  # moves the running statistics and the batch counter
+        ours.update_parameters(net)
+        theirs.update_parameters(net)
+        for name, tensor in theirs.module.state_dict().items():
+            if tensor.is_floating_point():
+                assert torch.equal(ours.module.state_dict()[name], tensor), (k, name)
+    assert ours.module[1].num_batches_tracked == net[1].num_batches_tracked == 3
+    assert ours.n_averaged == theirs.n_averaged == 3
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    """--compile reduce-overhead (CUDA graphs) is passed to torch.compile; --compile alone is its default mode."""
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
+    run(tmp_path / "a", "--compile", "reduce-overhead", iters=1)
+    run(tmp_path / "b", "--compile", iters=1)
+    assert modes == ["reduce-overhead", "default"]
+
+
 def test_cli_exit_code_and_message(tmp_path):
     # --out: the repository's runs/derain may hold the quick start's checkpoint, refused first
     result = subprocess.run([sys.executable, "train.py", "--task", "derain", "--data", str(tmp_path / "none"),
@@ -382,6 +432,19 @@ def test_tiny_denoising_draws_uniform_indices():
     parse = lambda task: flags.fill_defaults(flags.parse(["--task", task, "--preset", "tiny"]))
     assert parse("derain").t_draw == "chain" and parse("denoise").t_draw == "uniform"
     assert parse("derain").sample_steps >= 3  # the quick start runs the reverse process, not one step
+
+
+def test_gpu_preset_trains_and_restores_with_the_full_reverse_process(tmp_path):
+    """--preset gpu (issue 22): at least 10 network evaluations from x_T, trained on that chain, its
+    learning-rate halvings inside the run; denoising keeps uniform indices (t* varies)."""
+    parse = lambda task: flags.fill_defaults(flags.parse(["--task", task, "--preset", "gpu"]))
+    args = parse("derain")
+    assert args.sample_steps >= 10 and args.t_draw == "chain" and parse("denoise").t_draw == "uniform"
+    assert all(0 < m < args.iters for m in args.milestones)
+    train.main(["--task", "derain", "--preset", "gpu", "--iters", "1", "--batch", "2", "--crop", "32",
+                "--val-images", "1", "--T", "20", "--workers", "0", "--out", str(tmp_path)])
+    sampling = torch.load(tmp_path / "last.pt", weights_only=False)["config"]["sampling"]
+    assert sampling == {"sampler": "posterior", "steps": 10, "clip_x0": True}
 
 
 def test_loss_norm_reaches_the_ml_loss_and_the_cnn_baseline():
