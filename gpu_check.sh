@@ -22,8 +22,8 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 step() { echo; echo "== $* ($(date +%T))"; }
 if [ -n "${QUICK:-}" ]; then  # toy sizes: the script's own smoke test
-    NET=tiny; BATCHES="2"; PAIR="--iters 4 --crop 32 --batch 2 --val-images 2 --T 20 --val-every 4 --save-every 4"
-    STEPS="10 20"; REAL="--preset tiny --iters 6 --crop 32 --batch 2 --val-images 1"
+    NET=tiny; BATCHES="2"; GPU_BATCH=2; PAIR="--iters 4 --crop 32 --batch 2 --val-images 2 --T 20 --val-every 4 --save-every 4"
+    STEPS="2 4"; REAL="--preset tiny --iters 6 --crop 32 --batch 2 --val-images 1"
 else
     NET=paper; BATCHES="4 16 64"; PAIR=""; STEPS="10 20 50 100"; REAL=""
 fi
@@ -51,6 +51,8 @@ echo "exit status $? (130: stopped by the timeout's Ctrl-C, as planned)"
 fi
 
 if [ "$PART" != 20 ]; then  # ---- issue 22: the GPU preset against its CNN, side by side (equal steps)
+step "22 the GPU preset's training step alone: images/s, MFU, host syncs"
+timeout 60 $PY bench.py train --device "$DEVICE" --presets gpu --batch ${GPU_BATCH:-32}
 step "22 --preset gpu, IR-SDE and its CNN baseline, seed 0, side by side"
 # a run still going after 4 minutes is stopped like Ctrl-C: it saves last.pt, and the log says its step
 timed_run() { local start=$SECONDS; timeout -s INT 240 $PY train.py --task derain --preset gpu --device "$DEVICE" --seed 0 $PAIR "$@"
@@ -58,8 +60,8 @@ timed_run() { local start=$SECONDS; timeout -s INT 240 $PY train.py --task derai
 timed_run --out "$RUNS/irsde" > "$RUNS/irsde.log" 2>&1 &
 timed_run --out "$RUNS/cnn" --loss cnn > "$RUNS/cnn.log" 2>&1 &
 wait
-echo "IR-SDE:"; grep -E "^(recipe|timing|val|unseen)" "$RUNS/irsde.log"; tail -n 3 "$RUNS/irsde.log"
-echo "CNN:"; grep -E "^(timing|val|unseen)" "$RUNS/cnn.log"; tail -n 3 "$RUNS/cnn.log"
+echo "IR-SDE:"; grep -E "^(recipe|timing|val|unseen)" "$RUNS/irsde.log"; tail -n 2 "$RUNS/irsde.log"
+echo "CNN:"; grep -E "^(timing|val|unseen)" "$RUNS/cnn.log"; tail -n 2 "$RUNS/cnn.log"
 step "22.2 more steps do not hurt"
 $PY bench.py sample --checkpoint "$RUNS/irsde/last.pt" --device "$DEVICE" --samplers posterior --sample-steps $STEPS
 step "22.6 x0_hat against t: the forward process and the chain"

@@ -378,11 +378,16 @@ def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, cli
     builds it, from its own earlier x0 predictions rather than from the true x0."""
     run = _sampler(sampler)
     x = mu + sde.lam * _randn(mu, generator)
-    for t_now, s in zip(ts[:-1], ts[1:]):
-        going = t < t_now
-        if not going.any():
-            break
-        x[going] = run(model, sde, x[going], mu[going], [t_now, s], generator=generator, clip_x0=clip_x0)
+    # the images each step moves, worked out on the host from one read of t and sent to the device
+    # in one copy: a mask per step would make the host wait for the GPU at every step
+    targets = t.tolist()
+    going = [[b for b, target in enumerate(targets) if target < t_now] for t_now in ts[:-1]]
+    going = [rows for rows in going if rows]  # ts decreases: the empty lists are the last ones
+    if not going:
+        return x
+    moved = torch.tensor([b for rows in going for b in rows], device=x.device).split(list(map(len, going)))
+    for (t_now, s), rows in zip(zip(ts[:-1], ts[1:]), moved):
+        x[rows] = run(model, sde, x[rows], mu[rows], [t_now, s], generator=generator, clip_x0=clip_x0)
     return x
 
 

@@ -357,6 +357,26 @@ def test_chain_states_are_where_the_samplers_chain_stands(sde, ks, seed):
     torch.testing.assert_close(together, seen[ks[0]]["x"], rtol=0, atol=1e-12)
 
 
+@SETTINGS
+@given(sdes(), st.lists(st.integers(0, 9), min_size=1, max_size=6), st.integers(0, 2**16))
+def test_chain_states_follow_their_definition_with_the_same_random_draws(sde, ks, seed):
+    """chain_states, which works out on the host which images each step moves, equals the chain
+    written as its definition (a mask per step, the moving images in batch order): the same
+    states and the same draws from the generator, so that training on the CPU is unchanged."""
+    ts = irsde.timesteps(sde, 10)
+    t = torch.tensor([ts[min(k, len(ts) - 2)] for k in ks])
+    mu = torch.rand(len(ks), 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    model = irsde.noise_model(lambda x, mu_, t_: 0.5 * (x - mu_) + 0.01 * t_.view(-1, 1, 1, 1), sde, "x0")
+    generator = torch.Generator().manual_seed(seed)
+    x = mu + sde.lam * torch.randn(mu.shape, dtype=mu.dtype, generator=generator)
+    for t_now, s in zip(ts[:-1], ts[1:]):
+        going = t < t_now
+        if going.any():
+            x[going] = irsde.sample_posterior(model, sde, x[going], mu[going], [t_now, s], generator)
+    states = irsde.chain_states(model, sde, mu, t, ts, "posterior", torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(states, x, rtol=0, atol=0)
+
+
 def test_ode_and_ddim_are_deterministic_given_the_start():
     sde, model = IRSDE(0.3, 30), gaussian_toy(IRSDE(0.3, 30), 0.5, 0.1, 0.0)
     x_T = torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
