@@ -19,7 +19,7 @@ import tasks
 
 VAL_BORDER = 4  # pixels validation cuts at each border before PSNR/SSIM, as the reference test configs
 TRAJECTORY_IMAGES = 3  # validation images whose reverse process is pictured
-TRAJECTORY_STATES = 8  # columns of a trajectory picture (the paper's Fig. 6)
+TRAJECTORY_STATES = 10  # columns of a trajectory picture (the paper's Fig. 6): every step of 10
 GAP = 4  # white pixels between the pictures of a strip
 LABEL_HEIGHT = 12  # the band naming the columns of a trajectory picture
 
@@ -130,7 +130,7 @@ def _windows(n, tile, overlap):
 
 
 class Trajectory:
-    """Sampler callback for the picture of the reverse process (the paper's Fig. 6). At up to 8
+    """Sampler callback for the picture of the reverse process (the paper's Fig. 6). At up to 10
     evenly spaced network evaluations from the first (t = T, or t* for denoising) to the last, it
     keeps the state x_t that the network saw (top row) and the x0 it predicted from that state
     (bottom row); `picture` labels each column with its t and adds the restored x_0 above the GT."""

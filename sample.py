@@ -23,10 +23,10 @@ config) upsamples each input bicubically by s, as training did; GT must then be 
 
 Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
 and on Y with --crop-border pixels cut, PAPER.md §9; GMSD and the texture ratio on Y, metrics.py);
-DIR/compare/<stem>.png (LQ |
-restored | GT) with --compare; DIR/trajectory/<stem>.png with --trajectory: the reverse process,
-the state x_t the network sees at up to 8 of its steps on top and the x0 it predicts from that
-state below, each column labelled with t, then the restored x_0 above the GT.
+DIR/compare/<stem>.png (LQ | restored | GT) with --compare; DIR/trajectory/<stem>.png with
+--trajectory: the reverse process, the state x_t the network sees at up to 10 of its steps on top
+and the x0 it predicts from that state below, each column labelled with t, then the restored x_0
+above the GT.
 
 Outputs never land where inputs are: the output folder and its compare/ and trajectory/
 subfolders may not hold input or GT images nor lie inside a folder given as --input or --gt.

@@ -233,13 +233,14 @@ def test_end_to_end_folder_with_gt(setup, capsys):
     for key in metrics.COLUMNS:
         mean = sum(r[key] for r in report["images"]) / 2
         assert report["mean"][key] == pytest.approx(mean) and float(table["mean"][key]) == pytest.approx(mean, abs=1e-6)
-    # pictures: LQ | restored | GT, and 8 states above their x0 predictions, then the restored image above the GT
+    # pictures: LQ | restored | GT, and 10 of the 20 states above their x0 predictions, then x_0 above the GT
     restored = load_image(out / "a.png")
     compare = load_image(out / "compare" / "a.png")
     assert compare.shape == (3, H, 3 * W + 2 * restore.GAP)
     assert torch.equal(compare[..., W + restore.GAP:2 * W + restore.GAP], restored)
     strip = load_image(out / "trajectory" / "a.png")[:, restore.LABEL_HEIGHT:]  # below the labels
-    assert strip.shape == (3, 2 * H + restore.GAP, 9 * W + 8 * restore.GAP)
+    columns = restore.TRAJECTORY_STATES + 1
+    assert strip.shape == (3, 2 * H + restore.GAP, columns * W + (columns - 1) * restore.GAP)
     assert torch.equal(strip[..., :H, -W:], restored)
     assert torch.equal(strip[..., H + restore.GAP:, -W:], load_image(setup / "gt" / "a.png"))
     last_x0 = strip[..., H + restore.GAP:, -2 * W - restore.GAP:-W - restore.GAP]
