@@ -53,9 +53,6 @@ import train
 import unet
 
 
-DEFAULT_STEPS = [100, 50, 20, 10, 5]
-
-
 def machine(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -250,11 +247,11 @@ def bench_compare(args, device):
     out = Path(args.out or "runs/compare")
     print(f"| model | set | PSNR-Y | SSIM-Y | GMSD | texture | ({machine(device)})")
     print("|---|---|---|---|---|---|")
+    steps = args.sample_steps[0] if args.sample_steps else None  # None: each model's own
     for split in ("val", "unseen"):
         pairs = list(data.make_dataset(task, crop=train.VAL_CROP, split=split))
         outputs = [[lq.clamp(0, 1) for lq, _ in pairs]]
         for name, net, sde, config in models:
-            steps = args.sample_steps[0] if args.sample_steps != DEFAULT_STEPS else None
             outputs.append([restore.restore(net, sde, config, lq[None].to(device), steps=steps,
                                             generator=torch.Generator(device).manual_seed(k))[0].float().cpu()
                             for k, (lq, _) in enumerate(pairs)])
@@ -656,8 +653,9 @@ def main(argv=None):
     p.add_argument("--checkpoints", nargs="*", help="checkpoints to compare (compare)")
     p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS),
                    help="samplers (sample: default all; chain: default the checkpoint's)")
-    p.add_argument("--sample-steps", "--steps", type=int, nargs="*", default=DEFAULT_STEPS,
-                   help="step counts of the sweep (sample, chain; compare: the first, default each model's own)")
+    p.add_argument("--sample-steps", "--steps", type=int, nargs="*",
+                   help="step counts (sample, chain; default 100 50 20 10 5); compare: the first (default: each "
+                   "model's own)")
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
     p.add_argument("--net", help="network preset of every variant (ablate; default: the tiny recipe's)")
@@ -670,6 +668,8 @@ def main(argv=None):
     device = torch.device(args.device)
     if args.what == "sample" and not args.checkpoint:
         p.error("sample needs --checkpoint")
+    if args.sample_steps is None and args.what in ("sample", "chain"):
+        args.sample_steps = [100, 50, 20, 10, 5]
     if args.what == "reference" and not args.reference:
         p.error("reference needs --reference PATH (a checkout of the authors' repository)")
     if args.what == "chain" and not args.checkpoint:
