@@ -80,7 +80,7 @@ def bench_train(args, device):
         targs = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", preset]))
         targs.fp32, targs.batch = fp32, batch or targs.batch
         step, net = training_step(targs, device, args.compile)
-        flops = step_flops(targs, device)
+        flops = step_flops(training_step(targs, device)[0] if args.compile else step)  # counted eagerly
         cuda = device.type == "cuda"
         warmup, reps = (5, 20) if cuda else (1, 3 if preset == "paper" else 10)
         if cuda:
@@ -122,11 +122,10 @@ def fixed_batch(targs, device):
             for x in zip(*[ds[i % len(ds)] for i in range(targs.batch)]))
 
 
-def step_flops(targs, device, steps=4):
-    """Model FLOPs of one training step, counted (torch.utils.flop_counter) over a few eager steps
-    and averaged: with --t-draw chain a step's network evaluations vary with its indices."""
+def step_flops(step, steps=4):
+    """Model FLOPs of one call of the eager training step, counted (torch.utils.flop_counter) over a
+    few calls and averaged: with --t-draw chain a step's network evaluations vary with its indices."""
     from torch.utils.flop_counter import FlopCounterMode
-    step, _ = training_step(targs, device)
     with FlopCounterMode(display=False) as counter:
         for _ in range(steps):
             step()
@@ -219,8 +218,7 @@ def bench_chain(args, device):
         for k, (lq, gt) in enumerate(pairs):
             index = torch.full((1,), t, dtype=torch.long, device=device)
             x_t, _ = sde.q_sample(mu_of(lq), gt[None].to(device), index, torch.Generator(device).manual_seed(k))
-            x0 = sde.x0_from_noise(x_t, mu_of(lq), model(x_t, mu_of(lq), index), index)
-            scores.append(psnr_y(x0.clamp(0, 1) if clip else x0, gt))
+            scores.append(psnr_y(irsde._predict(model, sde, x_t, mu_of(lq), t, clip)[1], gt))
         forward.append(f"{sum(scores) / len(scores):.2f}")
     print("| the forward process around the GT (eq. 6) | " + " | ".join(forward) + " | - |", flush=True)
     for sampler, n in itertools.product(args.samplers or [config["sampling"]["sampler"]], counts):

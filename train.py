@@ -183,15 +183,14 @@ class EMA(AveragedModel):
 
     @torch.no_grad()
     def update_parameters(self, model):
-        averaged, current = ([*m.parameters(), *m.buffers()] for m in (self.module, model))
-        if self.n_averaged == 0:  # the first update copies (n_averaged stays on the host)
-            for tensor, value in zip(averaged, current):
-                tensor.copy_(value)
-        else:
-            floats = [k for k, tensor in enumerate(averaged) if tensor.is_floating_point()]
-            torch._foreach_lerp_([averaged[k] for k in floats], [current[k] for k in floats], 1 - self.decay)
-            for k in set(range(len(averaged))) - set(floats):  # integer buffers (counters) follow the model
-                averaged[k].copy_(current[k])
+        pairs = list(zip([*self.module.parameters(), *self.module.buffers()], [*model.parameters(), *model.buffers()]))
+        first = self.n_averaged == 0  # the first update copies (n_averaged stays on the host)
+        if not first:
+            floats = [(a, c) for a, c in pairs if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], 1 - self.decay)
+        for a, c in pairs:
+            if first or not a.is_floating_point():  # integer buffers (counters) follow the model
+                a.copy_(c)
         self.n_averaged += 1
 
 

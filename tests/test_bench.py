@@ -151,7 +151,7 @@ def test_train_counts_the_flops_of_forward_and_backward(capsys):
     lq, _ = bench.fixed_batch(targs, torch.device("cpu"))
     with FlopCounterMode(display=False) as forward:
         net(lq, None, None)
-    ratio = bench.step_flops(targs, torch.device("cpu"), steps=1) / forward.get_total_flops()
+    ratio = bench.step_flops(bench.training_step(targs, torch.device("cpu"))[0], steps=1) / forward.get_total_flops()
     assert 2 < ratio <= 3
     bench.main(["train", "--presets", "tiny", "--batch", "2", "--device", "cpu"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
