@@ -26,7 +26,8 @@ class UsageError(ValueError):
 # "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 6 minutes;
 # README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 # "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps and trained
-# on their chain (on the CPU that made 10 to 100 steps agree within 0.14 dB; RESULTS.md §9).
+# on their chain (on the CPU that made 10 to 100 steps agree within 0.14 dB; RESULTS.md §9; its
+# small network at a CPU's scale: §10).
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
                   ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
