@@ -29,12 +29,16 @@ NETWORKS = {"unet": unet.UNet}
 NETS = {name: ("unet", config) for name, config in unet.PRESETS.items()}  # --net preset -> (network, config)
 
 
-def build(args, device):
+def build(args, device, saved=None):
     """(net, sde) from train.py's settings: the CNN baseline has no SDE, and it and a task without a
-    condition (denoising) give the network no mu."""
-    name, config = NETS[args.net]
-    cond = tasks.TASKS[args.task].conditional and args.loss != "cnn"
-    net = NETWORKS[name](**config, cond=cond).to(device)
+    condition (denoising) give the network no mu. saved: a resumed checkpoint's config["net"],
+    which wins over the --net preset's current definition (presets may change between versions)."""
+    if saved is None:
+        name, config = NETS[args.net]
+        config = dict(config, cond=tasks.TASKS[args.task].conditional and args.loss != "cnn")
+    else:
+        name, config = saved["name"], {k: v for k, v in saved.items() if k != "name"}
+    net = NETWORKS[name](**config).to(device)
     sde = None if args.loss == "cnn" else irsde.IRSDE(args.max_sigma / 255, args.T, args.schedule, args.eps)
     return net, sde
 

@@ -61,7 +61,7 @@ def main(argv=None):
     generator = torch.Generator(device).manual_seed(args.seed + rank)  # each rank's noise and indices
 
     # ---- model
-    net, sde = checkpoint.build(args, device)
+    net, sde = checkpoint.build(args, device, ckpt and ckpt["config"]["net"])
     if args.init_from and ckpt is None:  # a resumed run has its own weights
         init_weights(net, args.init_from, args.task)
     config = checkpoint.make_config(args, net, sde, train_set.scale if args.data else 1)

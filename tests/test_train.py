@@ -81,6 +81,18 @@ def test_resume_is_bit_identical(tmp_path):
             assert torch.equal(tensor, resumed[key][name]), (key, name)
 
 
+def test_resume_rebuilds_the_saved_network_when_the_preset_changed(tmp_path, monkeypatch):
+    """The small preset gained GroupNorm blocks (2026-12-01): a run saved before resumes with the
+    network it was saved with, not the preset's new definition."""
+    before = run(tmp_path, iters=2)
+    assert before["config"]["net"]["preact"] is True
+    monkeypatch.setitem(checkpoint.NETS, "tiny", ("unet", dict(checkpoint.NETS["tiny"][1], preact=False)))
+    train.main(["--resume", str(tmp_path / "last.pt"), "--iters", "3"])
+    after = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert after["step"] == 3 and after["config"]["net"] == before["config"]["net"]
+    assert after["model"].keys() == before["model"].keys()
+
+
 def test_sigterm_saves_and_resumes_exactly(tmp_path):
     """A run stopped by SIGTERM mid-way writes a checkpoint; resuming ends on the same weights."""
     args = [sys.executable, "train.py", "--task", "derain", *FAST, "--iters", "8", "--save-every", "100",
