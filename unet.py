@@ -33,7 +33,7 @@ Presets (parameters with cond=True; tests/test_unet.py checks them):
 
 preact=True (small, tiny) swaps the authors' ResBlock for the pre-activation GroupNorm block
 of DDPM/ADM: without normalisation the narrow networks did not restore within minutes (the small
-one's CNN baseline: 21.05 dB PSNR-Y on `val` after 1000 steps without, 24.43 with; RESULTS.md §10).
+one's CNN baseline: 21.01 dB PSNR-Y on `val` after 1000 steps without, 24.43 with; RESULTS.md §10).
 One deliberate difference, in every preset: the final conv is zero-initialised (zero_out=True),
 so an untrained network outputs 0, the mean of the noise it predicts, and the CNN baseline's
 residual mu + net(mu) starts as the identity. It changes neither the architecture nor the weight
