@@ -35,12 +35,15 @@ def build(args, device, saved=None):
     which wins over the --net preset's current definition (presets may change between versions)."""
     if saved is None:
         name, config = NETS[args.net]
-        config = dict(config, cond=tasks.TASKS[args.task].conditional and args.loss != "cnn")
-    else:
-        name, config = saved["name"], {k: v for k, v in saved.items() if k != "name"}
-    net = NETWORKS[name](**config).to(device)
+        saved = dict(config, name=name, cond=tasks.TASKS[args.task].conditional and args.loss != "cnn")
+    net = network(saved).to(device)
     sde = None if args.loss == "cnn" else irsde.IRSDE(args.max_sigma / 255, args.T, args.schedule, args.eps)
     return net, sde
+
+
+def network(saved):
+    """The untrained network a checkpoint's config["net"] ({"name": ..., **constructor arguments}) names."""
+    return NETWORKS[saved["name"]](**{k: v for k, v in saved.items() if k != "name"})
 
 
 def make_config(args, net, sde, scale=1):
@@ -167,12 +170,12 @@ def load(path, device="cpu", task=None):
     if not isinstance(ckpt.get("config"), dict):
         return reference_model(ckpt, path, task, device)
     config = ckpt["config"]
-    name, net_config = config["net"]["name"], {k: v for k, v in config["net"].items() if k != "name"}
+    name = config["net"]["name"]
     if name not in NETWORKS:
         raise DataError(f"{path}: its network {name!r} is not one this code has (checkpoint.NETWORKS: "
                         f"{', '.join(NETWORKS)})")
     try:
-        net = NETWORKS[name](**net_config)
+        net = network(config["net"])
         net.load_state_dict(ckpt.get("ema") or ckpt["model"])
         sde = None if config["loss"] == "cnn" else irsde.IRSDE(**config["sde"])
     except (TypeError, ValueError, RuntimeError) as e:
