@@ -25,21 +25,21 @@ class UsageError(ValueError):
 
 # "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 6 minutes;
 # README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
-# "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps and trained
-# on their chain (on the CPU that made 10 to 100 steps agree within 0.14 dB; RESULTS.md §9; its
-# small network at a CPU's scale: §10).
+# "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps, trained on
+# their chain at every index (10 to 100 steps agree) with half the draws at T (the first x0 the chain
+# carries forward); its small network screened at a CPU's scale: RESULTS.md §10, §11.
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
                   ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
-                  T=100, schedule="cosine", clip_x0=False, sample_steps=100,
+                  first_share=0.0, T=100, schedule="cosine", clip_x0=False, sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
     "tiny": dict(net="tiny", iters=1800, batch=8, crop=32, lr=1e-3, milestones=[1238, 1575],
                  ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
-                 T=100, schedule="cosine", clip_x0=True, sample_steps=3,
+                 first_share=0.0, T=100, schedule="cosine", clip_x0=True, sample_steps=3,
                  log_every=100, val_every=600, save_every=600, workers=0),
     "gpu": dict(net="small", iters=2500, batch=32, crop=64, lr=5e-4, milestones=[1719, 2188],
-                ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
-                T=100, schedule="cosine", clip_x0=True, sample_steps=10,
+                ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain-any",
+                first_share=0.5, T=100, schedule="cosine", clip_x0=True, sample_steps=10,
                 log_every=100, val_every=500, save_every=500, workers=6),
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
@@ -76,10 +76,13 @@ def parser(doc=None):
                    "|.| (paper, every preset) or its square (the Gaussian log-likelihood of eq. 13)")
     p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
     p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
-    p.add_argument("--t-draw", choices=["uniform", "sampler", "chain"],
+    p.add_argument("--t-draw", choices=["uniform", "sampler", "chain", "chain-any"],
                    help="training indices and states: uniform on 1..T with x_t from the forward process (paper); "
                    "sampler: only the --sample-steps indices the sampler evaluates; chain: those indices with x_t "
-                   "built by the sampler's own chain from x_T, as restoration builds it")
+                   "built by the sampler's own chain from x_T, as restoration builds it; chain-any: uniform on "
+                   "1..T, x_t built by that chain, its last step ending at t (more steps than --sample-steps)")
+    p.add_argument("--first-share", type=float, help="share of training indices drawn at t = T, the first "
+                   "step, whose x0 estimate the chain carries forward; the rest as --t-draw says (default 0)")
     p.add_argument("--net", choices=checkpoint.NETS, help="network preset")
     p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
                    + ", ".join(f"{k} {v.lam:g}" for k, v in tasks.TASKS.items()) + ")")
@@ -125,8 +128,9 @@ def fill_defaults(args):
     preset, task = PRESETS[args.preset], tasks.TASKS[args.task]
     args.seed = 0 if args.seed is None else args.seed
     args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
-    if args.t_draw is None and task.noise_sigma is not None:
-        args.t_draw = "uniform"
+    if task.noise_sigma is not None:  # restoration starts at t* of the input's noise level, never at T
+        args.t_draw = args.t_draw or "uniform"
+        args.first_share = 0.0 if args.first_share is None else args.first_share
     if args.workers is None:  # the preset's loader workers, no more than this machine's cores
         args.workers = min(preset["workers"], usable_cores())
     for key, value in {**preset, "max_sigma": task.lam, "eps": task.eps}.items():
@@ -169,7 +173,8 @@ def check_args(args):
     rules = [
         ("iters", args.iters >= 1, "at least 1"), ("batch", args.batch >= 1, "at least 1"),
         ("crop", args.crop >= 8, "at least 8"), ("lr", 0 < args.lr < math.inf, "a number above 0"),
-        ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("log-every", args.log_every >= 1, "at least 1"),
+        ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("first-share", 0 <= args.first_share <= 1, "in [0, 1]"),
+        ("log-every", args.log_every >= 1, "at least 1"),
         ("val-every", args.val_every >= 1, "at least 1"), ("save-every", args.save_every >= 1, "at least 1"),
         ("workers", args.workers >= 0, "0 or more"), ("T", args.T >= 1, "at least 1"),
         ("eps", 0 < args.eps < 1, "in (0, 1)"),
@@ -185,8 +190,11 @@ def check_args(args):
             raise UsageError(f"--{name} {shown}: must be {rule}")
     if args.t_draw != "uniform" and tasks.TASKS[args.task].noise_sigma is not None:
         raise UsageError(f"--t-draw {args.t_draw}: {args.task} starts at t* of each noise level; use uniform")
-    if args.t_draw == "chain" and args.loss == "noise":
-        raise UsageError("--t-draw chain: noise matching (eq. 10) needs the noise of the forward process, "
+    if args.first_share and tasks.TASKS[args.task].noise_sigma is not None:
+        raise UsageError(f"--first-share {args.first_share:g}: {args.task} starts at t* of each noise level, "
+                         "not at T; use 0")
+    if args.t_draw.startswith("chain") and args.loss == "noise":
+        raise UsageError(f"--t-draw {args.t_draw}: noise matching (eq. 10) needs the noise of the forward process, "
                          "which chain states do not have; with --loss noise pass --t-draw sampler or uniform")
     args.device = str(check_device(args.device))
     if "RANK" in os.environ and args.device.startswith("cuda:"):
@@ -228,9 +236,11 @@ def output_folder(args):
 
 def describe(args):
     """The resolved recipe, printed when a run starts."""
+    first = f" ({args.first_share:g} at T)" if args.first_share else ""
     loss = f"CNN baseline ({args.loss_norm} from LQ to HQ)" if args.loss == "cnn" else (
         f"{args.loss} ({args.loss_norm}, {args.param} output, {args.weighting} weighting), "
-        f"indices {args.t_draw}; SDE lambda {args.max_sigma:g}/255, eps {args.eps:g}, T {args.T} {args.schedule}; "
+        f"indices {args.t_draw}{first}; SDE lambda {args.max_sigma:g}/255, eps {args.eps:g}, "
+        f"T {args.T} {args.schedule}; "
         f"restores with {args.sample_steps} {args.sampler} step(s){', x0 clipped' if args.clip_x0 else ''}")
     return (f"recipe ({args.preset}): {args.task} on {args.data or 'built-in synthetic pairs'}, net {args.net}, "
             f"{loss}; batch {args.batch} of "

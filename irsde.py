@@ -372,9 +372,10 @@ def sample(model, sde, mu, steps=None, sampler="posterior", generator=None, **kw
 
 @torch.no_grad()
 def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, clip_x0=False):
-    """The states a sampler's own chain reaches at the indices t (B,), each in ts: x_T = mu + lambda z
-    as `sample` starts, then one step of `sampler` along ts at a time for the images whose index lies
-    further down. Training on them (train.py --t-draw chain) shows the network x_t as sampling
+    """The states a sampler's own chain reaches at the indices t (B,): x_T = mu + lambda z as `sample`
+    starts, then one step of `sampler` along ts at a time for the images whose index lies further
+    down; an index between two of ts ends its chain with a shorter step, from the one above to t
+    itself. Training on them (train.py --t-draw chain, chain-any) shows the network x_t as sampling
     builds it, from its own earlier x0 predictions rather than from the true x0."""
     run = _sampler(sampler)
     x = mu + sde.lam * _randn(mu, generator)
@@ -386,7 +387,9 @@ def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, cli
     if not going:
         return x
     moved = torch.tensor([b for rows in going for b in rows], device=x.device).split(list(map(len, going)))
-    for (t_now, s), rows in zip(zip(ts[:-1], ts[1:]), moved):
+    for (t_now, s), rows, on_host in zip(zip(ts[:-1], ts[1:]), moved, going):
+        if any(targets[b] > s for b in on_host):  # some stop short of s: each image steps to max(s, t)
+            s = t[rows].clamp_min(s)
         x[rows] = run(model, sde, x[rows], mu[rows], [t_now, s], generator=generator, clip_x0=clip_x0)
     return x
 

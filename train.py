@@ -245,7 +245,7 @@ def batch_loss(net, sde, args, lq, gt, generator):
     mu = lq if tasks.TASKS[args.task].conditional else None  # None: the denoising SDE, mu = x0 (Sec. 4.3)
     t = draw_indices(sde, args, gt.shape[0], generator, gt.device)
     model = irsde.noise_model(forward, sde, args.param)
-    if args.t_draw == "chain":
+    if args.t_draw.startswith("chain"):
         x_t = irsde.chain_states(model, sde, mu, t, irsde.timesteps(sde, args.sample_steps), args.sampler,
                                  generator, args.clip_x0)
     else:
@@ -258,13 +258,18 @@ def batch_loss(net, sde, args, lq, gt, generator):
 
 
 def draw_indices(sde, args, n, generator, device):
-    """Training indices t (n,): uniform on 1..T (the paper), or uniform over the indices the
-    few-step sampler evaluates (timesteps(sde, --sample-steps) without its final 0; --t-draw
-    sampler and chain)."""
-    if args.t_draw == "uniform":
-        return torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
-    grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
-    return grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
+    """Training indices t (n,): uniform on 1..T (the paper; --t-draw chain-any), or uniform over the
+    indices the few-step sampler evaluates (timesteps(sde, --sample-steps) without its final 0;
+    --t-draw sampler and chain); each is then T with probability --first-share."""
+    if args.t_draw in ("uniform", "chain-any"):
+        t = torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
+    else:
+        grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
+        t = grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
+    if args.first_share:  # the chain copies its first x0 forward: the step at T decides the most
+        first = torch.rand(n, generator=generator, device=device) < args.first_share
+        t = torch.where(first, sde.T, t)
+    return t
 
 
 # ---- checkpointing and stopping ----------------------------------------------------------------

@@ -377,6 +377,32 @@ def test_chain_states_follow_their_definition_with_the_same_random_draws(sde, ks
     torch.testing.assert_close(states, x, rtol=0, atol=0)
 
 
+@SETTINGS
+@given(sdes(), st.lists(st.floats(0, 1), min_size=1, max_size=5), st.integers(0, 2**16))
+def test_chain_states_off_the_grid_end_with_a_shorter_step(sde, fractions, seed):
+    """An index t between two of ts (train.py --t-draw chain-any) gets the state that a sampler run
+    over ts down to the index above t, then t itself, reaches at t: ODE and DDIM, deterministic,
+    image by image; posterior, random, the whole batch at one index with the same generator."""
+    ts = irsde.timesteps(sde, 3)
+    t = torch.tensor([max(1, round(f * sde.T)) for f in fractions])
+    mu = torch.rand(len(t), 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    model = irsde.noise_model(lambda x, mu_, t_: 0.5 * (x - mu_) + 0.01 * t_.view(-1, 1, 1, 1), sde, "x0")
+    x_T = mu + sde.lam * torch.randn(mu.shape, dtype=mu.dtype, generator=torch.Generator().manual_seed(seed))
+    own = lambda index: [g for g in ts if g > index] + [index, 0]  # that image's run: it stops at t
+    for sampler in ("ode", "ddim"):
+        states = irsde.chain_states(model, sde, mu, t, ts, sampler, torch.Generator().manual_seed(seed))
+        for b, index in enumerate(t.tolist()):
+            seen = []
+            irsde.SAMPLERS[sampler](model, sde, x_T[b:b + 1], mu[b:b + 1], own(index), callback=seen.append)
+            torch.testing.assert_close(states[b:b + 1], seen[len(own(index)) - 2]["x"], rtol=0, atol=1e-12)
+    index, seen, generator = t[0].item(), [], torch.Generator().manual_seed(seed)
+    x_T = mu + sde.lam * torch.randn(mu.shape, dtype=mu.dtype, generator=generator)  # as chain_states starts
+    irsde.sample_posterior(model, sde, x_T, mu, own(index), generator, callback=seen.append)
+    together = irsde.chain_states(model, sde, mu, torch.full_like(t, index), ts, "posterior",
+                                  torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(together, seen[len(own(index)) - 2]["x"], rtol=0, atol=1e-12)
+
+
 def test_ode_and_ddim_are_deterministic_given_the_start():
     sde, model = IRSDE(0.3, 30), gaussian_toy(IRSDE(0.3, 30), 0.5, 0.1, 0.0)
     x_T = torch.randn(64, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import checkpoint
 import data
@@ -276,6 +278,7 @@ def test_zero_intervals_are_refused(monkeypatch, tmp_path, flag):
                                                              "the 0-255 scale"),
     (["--max-sigma", "0"], "--max-sigma 0.0"), (["--milestones", "5", "0"], "--milestones 5 0"),
     (["--val-images", "0"], "--val-images 0"), (["--seed", "-1"], "--seed -1"),
+    (["--first-share", "1.5"], r"--first-share 1.5: must be in \[0, 1\]"),
 ])
 def test_every_numeric_flag_is_checked_before_any_work(monkeypatch, tmp_path, given, message):
     refused(monkeypatch, tmp_path, given, message)
@@ -338,17 +341,19 @@ def test_resume_refuses_flags_that_differ_from_the_run(sr_run, tmp_path):
     folder, out = sr_run
     path = str(out / "last.pt")
     ckpt = checkpoint.read_for_resume(path)
-    for given, named in ((["--lr", "0.5"], "--lr"), (["--lr", "0"], "--lr"), (["--data", str(tmp_path)], "--data"),
-                         (["--batch", "3"], "--batch"), (["--max-sigma", "20"], "--max-sigma")):
+    for flag_args, named in ((["--lr", "0.5"], "--lr"), (["--lr", "0"], "--lr"), (["--data", str(tmp_path)], "--data"),
+                             (["--batch", "3"], "--batch"), (["--max-sigma", "20"], "--max-sigma")):
         with pytest.raises(flags.UsageError, match=f"would ignore {named} "):
-            train.main(["--resume", path, "--iters", "4", *given])
+            train.main(["--resume", path, "--iters", "4", *flag_args])
     same = flags.parse(["--resume", path, "--lr", str(ckpt["config"]["args"]["lr"]), "--data", str(folder)])
     assert flags.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
-    written = torch.load(path, weights_only=False)  # as written before --loss-norm and --t-draw
-    written["config"]["args"] = {k: v for k, v in written["config"]["args"].items() if k not in ("loss_norm", "t_draw")}
+    written = torch.load(path, weights_only=False)  # as written before --loss-norm, --t-draw and --first-share
+    written["config"]["args"] = {k: v for k, v in written["config"]["args"].items()
+                                 if k not in ("loss_norm", "t_draw", "first_share")}
     torch.save(written, tmp_path / "before.pt")
     before = checkpoint.read_for_resume(tmp_path / "before.pt")  # checkpoint.upgrade: the runs of then
-    assert (before["config"]["args"]["loss_norm"], before["config"]["args"]["t_draw"]) == ("l1", "uniform")
+    upgraded = before["config"]["args"]
+    assert (upgraded["loss_norm"], upgraded["t_draw"], upgraded["first_share"]) == ("l1", "uniform", 0.0)
     assert flags.resume_args(flags.parse(["--resume", path, "--loss-norm", "l1"]), before, path).loss_norm == "l1"
 
 
@@ -407,22 +412,61 @@ def test_t_draw_sampler_trains_exactly_the_sampled_indices(steps):
     assert set(uniform.tolist()) == set(range(1, sde.T + 1))
 
 
-@pytest.mark.parametrize("t_draw", ["sampler", "chain"])
+@settings(max_examples=20, deadline=None)
+@given(share=st.floats(0, 1), t_draw=st.sampled_from(["uniform", "chain", "chain-any"]),
+       seed=st.integers(0, 2**31))
+def test_first_share_draws_t_equal_to_T_that_often_and_the_rest_as_before(share, t_draw, seed):
+    """--first-share p: each index is T with probability p, else drawn as --t-draw says, so T's share
+    is p + (1 - p) / K over K indices."""
+    args = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "gpu", "--t-draw", t_draw,
+                                            "--first-share", str(share)]))
+    sde = checkpoint.build(args, torch.device("cpu"))[1]
+    n = 20_000
+    t = train.draw_indices(sde, args, n, torch.Generator().manual_seed(seed), "cpu")
+    grid = sorted(set(irsde.timesteps(sde, args.sample_steps)) - {0})
+    indices = grid if t_draw == "chain" else range(1, sde.T + 1)
+    counts = torch.bincount(t, minlength=sde.T + 1)
+    assert counts.sum() == counts[list(indices)].sum()  # only the draw's indices
+    others = (1 - share) / len(indices)
+    for index in indices:  # each within 6 binomial standard deviations of its share
+        p = share + others if index == sde.T else others
+        assert abs(counts[index].item() / n - p) <= 6 * (p * (1 - p) / n) ** 0.5 + 1e-12
+
+
+def test_first_share_zero_keeps_the_random_stream_of_earlier_runs():
+    """Without --first-share the chain draw is the one runs made before the flag: same seed, same t."""
+    args = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "tiny"]))
+    sde = checkpoint.build(args, torch.device("cpu"))[1]
+    grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1])
+    before = grid[torch.randint(len(grid), (64,), generator=torch.Generator().manual_seed(3))]
+    drawn = train.draw_indices(sde, args, 64, torch.Generator().manual_seed(3), "cpu")
+    assert args.first_share == 0 and torch.equal(drawn, before)
+
+
+@pytest.mark.parametrize("t_draw", ["sampler", "chain", "chain-any"])
 def test_t_draw_on_the_sampler_grid_is_refused_for_denoising(tmp_path, t_draw):
     with pytest.raises(flags.UsageError, match=f"--t-draw {t_draw}: denoise starts at t"):
         train.main(["--task", "denoise", *FAST, "--t-draw", t_draw, "--out", str(tmp_path)])
     assert not tmp_path.joinpath("val").exists()
 
 
-def test_t_draw_chain_is_refused_for_noise_matching(tmp_path):
-    with pytest.raises(flags.UsageError, match="--t-draw chain: noise matching .* needs the noise"):
-        train.main(["--task", "derain", *FAST, "--t-draw", "chain", "--loss", "noise", "--out", str(tmp_path)])
+def test_first_share_is_refused_for_denoising(tmp_path):
+    with pytest.raises(flags.UsageError, match="--first-share 0.5: denoise starts at t. of each noise level"):
+        train.main(["--task", "denoise", *FAST, "--t-draw", "uniform", "--first-share", "0.5", "--out", str(tmp_path)])
 
 
-def test_t_draw_chain_trains_on_the_states_the_sampler_reaches(monkeypatch):
+@pytest.mark.parametrize("t_draw", ["chain", "chain-any"])
+def test_t_draw_chain_is_refused_for_noise_matching(tmp_path, t_draw):
+    with pytest.raises(flags.UsageError, match=f"--t-draw {t_draw}: noise matching .* needs the noise"):
+        train.main(["--task", "derain", *FAST, "--t-draw", t_draw, "--loss", "noise", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("t_draw", ["chain", "chain-any"])
+def test_t_draw_chain_trains_on_the_states_the_sampler_reaches(monkeypatch, t_draw):
     """The loss sees x_t as the sampler builds it: from x_T = mu + lambda z through the network's own
-    earlier predictions (irsde.chain_states), at the indices the sampler evaluates."""
-    args = flags.fill_defaults(flags.parse(["--task", "derain", *FAST, "--t-draw", "chain", "--fp32"]))
+    earlier predictions (irsde.chain_states), at the indices the sampler evaluates (chain-any: at
+    any index, the chain's last step ending there)."""
+    args = flags.fill_defaults(flags.parse(["--task", "derain", *FAST, "--t-draw", t_draw, "--fp32"]))
     torch.manual_seed(0)
     net, sde = checkpoint.build(args, torch.device("cpu"))
     lq, gt = (torch.stack(x) for x in zip(*[data.make_dataset("derain", crop=16)[i] for i in range(4)]))
@@ -451,7 +495,8 @@ def test_gpu_preset_trains_and_restores_with_the_full_reverse_process(tmp_path):
     learning-rate halvings inside the run; denoising keeps uniform indices (t* varies)."""
     parse = lambda task: flags.fill_defaults(flags.parse(["--task", task, "--preset", "gpu"]))
     args = parse("derain")
-    assert args.sample_steps >= 10 and args.t_draw == "chain" and parse("denoise").t_draw == "uniform"
+    assert args.sample_steps >= 10 and args.t_draw == "chain-any" and parse("denoise").t_draw == "uniform"
+    assert args.first_share == 0.5 and parse("denoise").first_share == 0
     assert all(0 < m < args.iters for m in args.milestones)
     train.main(["--task", "derain", "--preset", "gpu", "--iters", "1", "--batch", "2", "--crop", "32",
                 "--val-images", "1", "--T", "20", "--workers", "0", "--out", str(tmp_path)])
