@@ -388,9 +388,9 @@ def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, cli
         return x
     moved = torch.tensor([b for rows in going for b in rows], device=x.device).split(list(map(len, going)))
     for (t_now, s), rows, on_host in zip(zip(ts[:-1], ts[1:]), moved, going):
-        if any(targets[b] > s for b in on_host):  # some stop short of s: each image steps to max(s, t)
-            s = t[rows].clamp_min(s)
-        x[rows] = run(model, sde, x[rows], mu[rows], [t_now, s], generator=generator, clip_x0=clip_x0)
+        # each image steps to max(s, its index): per image only where one stops short of s
+        stop = t[rows].clamp_min(s) if any(targets[b] > s for b in on_host) else s
+        x[rows] = run(model, sde, x[rows], mu[rows], [t_now, stop], generator=generator, clip_x0=clip_x0)
     return x
 
 
