@@ -23,7 +23,7 @@ class UsageError(ValueError):
     """A flag or combination of flags the run cannot honour; the message names the flag."""
 
 
-# "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 6 minutes;
+# "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 4 minutes;
 # README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 # "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps, trained on
 # their chain at every index (10 to 100 steps agree) with half the draws at T (the first x0 the chain
@@ -33,7 +33,7 @@ PRESETS = {
                   ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
                   first_share=0.0, T=100, schedule="cosine", clip_x0=False, sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
-    "tiny": dict(net="tiny", iters=1800, batch=8, crop=32, lr=1e-3, milestones=[1238, 1575],
+    "tiny": dict(net="micro", iters=1400, batch=8, crop=32, lr=1e-3, milestones=[963, 1225],
                  ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
                  first_share=0.0, T=100, schedule="cosine", clip_x0=True, sample_steps=3,
                  log_every=100, val_every=600, save_every=600, workers=0),

@@ -2,7 +2,7 @@
 
 Single GPU or CPU:
     python train.py --task derain                          # the paper's recipe, for a GPU
-    python train.py --task derain --preset tiny            # about 6 minutes on a 2-core CPU
+    python train.py --task derain --preset tiny            # about 4 minutes on a 2-core CPU
     python train.py --task derain --data datasets/rain/trainH --val datasets/rain/testH
 Several GPUs on one machine (DistributedDataParallel; --batch is per GPU, so the global batch
 is batch x GPUs while the learning rate stays as given):

@@ -29,9 +29,10 @@ Presets (parameters with cond=True; tests/test_unet.py checks them):
     paper  width 64, mults 1-2-4-8-16, 2 blocks, attention everywhere    137,147,523
     small  width 32, mults 1-2-2-4-4,  2 blocks, attention at levels 2-3   5,126,339
     tiny   width 32, mults 1-2-2-2-2,  1 block,  attention in bottleneck,  1,435,267
-           small and tiny: pre-activation GroupNorm blocks
+    micro  width 16, mults 1-2-2-2-2,  1 block,  attention in bottleneck,    371,267
+           small, tiny and micro: pre-activation GroupNorm blocks
 
-preact=True (small, tiny) swaps the authors' ResBlock for the pre-activation GroupNorm block
+preact=True (small, tiny, micro) swaps the authors' ResBlock for the pre-activation GroupNorm block
 of DDPM/ADM: without normalisation the narrow networks did not restore within minutes (the small
 one's CNN baseline: 21.01 dB PSNR-Y on `val` after 1000 steps without, 24.43 with; RESULTS.md §10).
 One deliberate difference, in every preset: the final conv is zero-initialised (zero_out=True),
@@ -59,6 +60,9 @@ PRESETS = {
     # CPU runs: batch 8 of 32 x 32 crops; pre-activation GroupNorm blocks (RESULTS.md §3: +1.9 dB
     # PSNR-Y on the validation set after 1200 steps)
     "tiny": dict(width=32, mults=(1, 2, 2, 2, 2), blocks=1, attn=False, mid_attn="linear", preact=True),
+    # the CPU quick start's: tiny at half the width, a quarter of the FLOPs, and better after its
+    # 32 x 32 steps (RESULTS.md §1)
+    "micro": dict(width=16, mults=(1, 2, 2, 2, 2), blocks=1, attn=False, mid_attn="linear", preact=True),
 }
 
 

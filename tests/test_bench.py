@@ -70,14 +70,14 @@ def test_figures_draws_the_three_plots(ablation, tmp_path):
 
 
 def test_ablate_budget_scales_the_learning_rate_halvings(tmp_path, monkeypatch):
-    """--iters 20000 --net small (the GPU check): the tiny recipe's halvings at 1238 and 1575 of 1800
-    steps move to 13756 and 17500."""
+    """--iters 20000 --net small (the GPU check): the tiny recipe's halvings at 963 and 1225 of 1400
+    steps move to 13757 and 17500."""
     seen = []
     monkeypatch.setattr(bench.train, "main", seen.append)
     args = bench.argparse.Namespace(iters=20000, net="small", device="cpu", val_every=200, quick=False, fp32=False)
     bench.train_variant(tmp_path / "run", "derain", ["--loss", "cnn"], 1, args)
     argv = " ".join(seen[0])
-    assert "--iters 20000 --milestones 13756 17500 --net small" in argv and "--loss cnn" in argv
+    assert "--iters 20000 --milestones 13757 17500 --net small" in argv and "--loss cnn" in argv
     assert "--fp32" not in argv
 
 

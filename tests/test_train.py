@@ -88,7 +88,8 @@ def test_resume_rebuilds_the_saved_network_when_the_preset_changed(tmp_path, mon
     network it was saved with, not the preset's new definition."""
     before = run(tmp_path, iters=2)
     assert before["config"]["net"]["preact"] is True
-    monkeypatch.setitem(checkpoint.NETS, "tiny", ("unet", dict(checkpoint.NETS["tiny"][1], preact=False)))
+    name = before["config"]["args"]["net"]  # the preset's network, "micro"
+    monkeypatch.setitem(checkpoint.NETS, name, ("unet", dict(checkpoint.NETS[name][1], preact=False)))
     train.main(["--resume", str(tmp_path / "last.pt"), "--iters", "3"])
     after = torch.load(tmp_path / "last.pt", weights_only=False)
     assert after["step"] == 3 and after["config"]["net"] == before["config"]["net"]

@@ -168,8 +168,8 @@ def test_preset_parameter_counts():
             counts[name] = sum(p.numel() for p in build_unet(name).parameters())
     print(counts)
     # the numbers in unet.py's docstring; paper: the authors' ConditionalUNet(3, 3, 64, 4)
-    assert counts == {"paper": 137_147_523, "small": 5_126_339, "tiny": 1_435_267}
-    assert counts["tiny"] <= 2_000_000 < counts["small"] < counts["paper"]
+    assert counts == {"paper": 137_147_523, "small": 5_126_339, "tiny": 1_435_267, "micro": 371_267}
+    assert counts["micro"] < counts["tiny"] <= 2_000_000 < counts["small"] < counts["paper"]
 
 
 def test_paper_preset_variants():
