@@ -134,10 +134,10 @@ def upgrade(ckpt, path):
     """A checkpoint of any earlier layout in the current one (the one place that knows them):
     before `sampling`, those settings lived in `args` and lambda was `max_sigma`; before `scale`,
     training ran at scale 1; before `net.name`, every network was the U-Net; before the flags
-    --t-draw, --loss-norm and --first-share, runs drew uniform indices and used L1. Networks from before the
-    authors' exact U-Net (GroupNorm blocks, `mid_mult`) cannot be rebuilt."""
+    --t-draw, --loss-norm, --first-share and --grid-share, runs drew uniform indices and used L1.
+    Networks from before the authors' exact U-Net (GroupNorm blocks, `mid_mult`) cannot be rebuilt."""
     config = dict(ckpt["config"])
-    args = {"t_draw": "uniform", "loss_norm": "l1", "first_share": 0.0, **config.get("args", {})}
+    args = {"t_draw": "uniform", "loss_norm": "l1", "first_share": 0.0, "grid_share": 0.0, **config.get("args", {})}
     if "mid_mult" in config["net"]:
         raise DataError(f"{path}: written for the network before the authors' exact U-Net (it has "
                         "GroupNorm blocks); this version cannot rebuild it: retrain, or sample with "

@@ -26,20 +26,21 @@ class UsageError(ValueError):
 # "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 4 minutes;
 # README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
 # "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps, trained on
-# their chain at every index (10 to 100 steps agree) with half the draws at T (the first x0 the chain
-# carries forward); its small network screened at a CPU's scale: RESULTS.md §10, §11.
+# their chain at every index (10 to 100 steps agree), half of those on the 10-step grid (there the chain
+# refines) and half the draws at T (the first x0 the chain carries forward); screened at a CPU's scale
+# with the small and micro networks: RESULTS.md §10, §11.
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
                   ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
-                  first_share=0.0, T=100, schedule="cosine", clip_x0=False, sample_steps=100,
+                  first_share=0.0, grid_share=0.0, T=100, schedule="cosine", clip_x0=False, sample_steps=100,
                   log_every=100, val_every=5000, save_every=5000, workers=4),
     "tiny": dict(net="micro", iters=1400, batch=8, crop=32, lr=1e-3, milestones=[963, 1225],
                  ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
-                 first_share=0.0, T=100, schedule="cosine", clip_x0=True, sample_steps=3,
+                 first_share=0.0, grid_share=0.0, T=100, schedule="cosine", clip_x0=True, sample_steps=3,
                  log_every=100, val_every=600, save_every=600, workers=0),
     "gpu": dict(net="small", iters=2500, batch=32, crop=64, lr=5e-4, milestones=[1719, 2188],
                 ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain-any",
-                first_share=0.5, T=100, schedule="cosine", clip_x0=True, sample_steps=10,
+                first_share=0.5, grid_share=0.5, T=100, schedule="cosine", clip_x0=True, sample_steps=10,
                 log_every=100, val_every=500, save_every=500, workers=6),
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
@@ -83,6 +84,8 @@ def parser(doc=None):
                    "1..T, x_t built by that chain, its last step ending at t (more steps than --sample-steps)")
     p.add_argument("--first-share", type=float, help="share of training indices drawn at t = T, the first "
                    "step, whose x0 estimate the chain carries forward; the rest as --t-draw says (default 0)")
+    p.add_argument("--grid-share", type=float, help="with --t-draw uniform or chain-any: share of the uniform "
+                   "indices drawn instead on the --sample-steps grid that restoration visits (default 0)")
     p.add_argument("--net", choices=checkpoint.NETS, help="network preset")
     p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
                    + ", ".join(f"{k} {v.lam:g}" for k, v in tasks.TASKS.items()) + ")")
@@ -131,6 +134,7 @@ def fill_defaults(args):
     if task.noise_sigma is not None:  # restoration starts at t* of the input's noise level, never at T
         args.t_draw = args.t_draw or "uniform"
         args.first_share = 0.0 if args.first_share is None else args.first_share
+        args.grid_share = 0.0 if args.grid_share is None else args.grid_share
     if args.workers is None:  # the preset's loader workers, no more than this machine's cores
         args.workers = min(preset["workers"], usable_cores())
     for key, value in {**preset, "max_sigma": task.lam, "eps": task.eps}.items():
@@ -174,6 +178,7 @@ def check_args(args):
         ("iters", args.iters >= 1, "at least 1"), ("batch", args.batch >= 1, "at least 1"),
         ("crop", args.crop >= 8, "at least 8"), ("lr", 0 < args.lr < math.inf, "a number above 0"),
         ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("first-share", 0 <= args.first_share <= 1, "in [0, 1]"),
+        ("grid-share", 0 <= args.grid_share <= 1, "in [0, 1]"),
         ("log-every", args.log_every >= 1, "at least 1"),
         ("val-every", args.val_every >= 1, "at least 1"), ("save-every", args.save_every >= 1, "at least 1"),
         ("workers", args.workers >= 0, "0 or more"), ("T", args.T >= 1, "at least 1"),
@@ -190,9 +195,9 @@ def check_args(args):
             raise UsageError(f"--{name} {shown}: must be {rule}")
     if args.t_draw != "uniform" and tasks.TASKS[args.task].noise_sigma is not None:
         raise UsageError(f"--t-draw {args.t_draw}: {args.task} starts at t* of each noise level; use uniform")
-    if args.first_share and tasks.TASKS[args.task].noise_sigma is not None:
-        raise UsageError(f"--first-share {args.first_share:g}: {args.task} starts at t* of each noise level, "
-                         "not at T; use 0")
+    for name, share in (("first-share", args.first_share), ("grid-share", args.grid_share)):
+        if share and tasks.TASKS[args.task].noise_sigma is not None:
+            raise UsageError(f"--{name} {share:g}: {args.task} starts at t* of each noise level, not at T; use 0")
     if args.t_draw.startswith("chain") and args.loss == "noise":
         raise UsageError(f"--t-draw {args.t_draw}: noise matching (eq. 10) needs the noise of the forward process, "
                          "which chain states do not have; with --loss noise pass --t-draw sampler or uniform")
@@ -236,7 +241,10 @@ def output_folder(args):
 
 def describe(args):
     """The resolved recipe, printed when a run starts."""
-    first = f" ({args.first_share:g} at T)" if args.first_share else ""
+    grid = args.grid_share if args.t_draw in ("uniform", "chain-any") else 0
+    shares = ([f"{grid:g} on the {args.sample_steps}-step grid"] if grid else []) + (
+        [f"{args.first_share:g} at T"] if args.first_share else [])
+    first = f" ({', '.join(shares)})" if shares else ""
     loss = f"CNN baseline ({args.loss_norm} from LQ to HQ)" if args.loss == "cnn" else (
         f"{args.loss} ({args.loss_norm}, {args.param} output, {args.weighting} weighting), "
         f"indices {args.t_draw}{first}; SDE lambda {args.max_sigma:g}/255, eps {args.eps:g}, "

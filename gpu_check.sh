@@ -6,6 +6,8 @@
 # stays warm between them; 22 first, the issue that needs the GPU most):
 #   run(command="bash gpu_check.sh 22", timeout_s=420)
 #   run(command="bash gpu_check.sh 20", carry=["out/reference"], timeout_s=420)
+# A session has 15 minutes of device time, the machine's start included: check `status` between the
+# calls, and run part 20 only while budget_left_s still covers its 420 s.
 # out/reference holds the authors' network and SDE for `bench.py reference` (nothing is
 # downloaded there); made on the CPU machine with the search tool's `fetch` and
 #   mkdir -p out/reference && git -C /work/.mirror/Algolzw+image-restoration-sde/repo archive HEAD \

@@ -260,12 +260,17 @@ def batch_loss(net, sde, args, lq, gt, generator):
 def draw_indices(sde, args, n, generator, device):
     """Training indices t (n,): uniform on 1..T (the paper; --t-draw chain-any), or uniform over the
     indices the few-step sampler evaluates (timesteps(sde, --sample-steps) without its final 0;
-    --t-draw sampler and chain); each is then T with probability --first-share."""
+    --t-draw sampler and chain). A uniform index is on that grid instead with probability
+    --grid-share; each index is then T with probability --first-share."""
+    grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
+    on_grid = lambda: grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
     if args.t_draw in ("uniform", "chain-any"):
         t = torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
+        if args.grid_share:  # the indices restoration visits, where the chain must refine, not copy
+            moved = on_grid()  # drawn before the coin flips: the order of the screened runs (RESULTS §11)
+            t = torch.where(torch.rand(n, generator=generator, device=device) < args.grid_share, moved, t)
     else:
-        grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
-        t = grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
+        t = on_grid()
     if args.first_share:  # the chain copies its first x0 forward: the step at T decides the most
         first = torch.rand(n, generator=generator, device=device) < args.first_share
         t = torch.where(first, sde.T, t)

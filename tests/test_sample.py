@@ -39,7 +39,7 @@ def make_config(net, sde, task="derain", loss="ml", param="noise", sampling=None
     sampling = {"sampler": tasks.TASKS[task].sampler, "steps": None, "clip_x0": False, **(sampling or {})}
     return {"task": task, "loss": loss, "param": param, "sde": None if sde is None else sde.config(),
             "net": {"name": "unet", **net.config}, "scale": scale, "sampling": sampling,
-            "args": {"t_draw": "uniform", "loss_norm": "l1", "first_share": 0.0}}
+            "args": {"t_draw": "uniform", "loss_norm": "l1", "first_share": 0.0, "grid_share": 0.0}}
 
 
 def save_checkpoint(path, task="derain", loss="ml", sde=None, sampling=None, scale=1):

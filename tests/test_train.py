@@ -280,6 +280,7 @@ def test_zero_intervals_are_refused(monkeypatch, tmp_path, flag):
     (["--max-sigma", "0"], "--max-sigma 0.0"), (["--milestones", "5", "0"], "--milestones 5 0"),
     (["--val-images", "0"], "--val-images 0"), (["--seed", "-1"], "--seed -1"),
     (["--first-share", "1.5"], r"--first-share 1.5: must be in \[0, 1\]"),
+    (["--grid-share", "-0.1"], r"--grid-share -0.1: must be in \[0, 1\]"),
 ])
 def test_every_numeric_flag_is_checked_before_any_work(monkeypatch, tmp_path, given, message):
     refused(monkeypatch, tmp_path, given, message)
@@ -348,13 +349,14 @@ def test_resume_refuses_flags_that_differ_from_the_run(sr_run, tmp_path):
             train.main(["--resume", path, "--iters", "4", *flag_args])
     same = flags.parse(["--resume", path, "--lr", str(ckpt["config"]["args"]["lr"]), "--data", str(folder)])
     assert flags.resume_args(same, ckpt, path).lr == ckpt["config"]["args"]["lr"]
-    written = torch.load(path, weights_only=False)  # as written before --loss-norm, --t-draw and --first-share
+    written = torch.load(path, weights_only=False)  # as written before --loss-norm, --t-draw and the shares
     written["config"]["args"] = {k: v for k, v in written["config"]["args"].items()
-                                 if k not in ("loss_norm", "t_draw", "first_share")}
+                                 if k not in ("loss_norm", "t_draw", "first_share", "grid_share")}
     torch.save(written, tmp_path / "before.pt")
     before = checkpoint.read_for_resume(tmp_path / "before.pt")  # checkpoint.upgrade: the runs of then
     upgraded = before["config"]["args"]
-    assert (upgraded["loss_norm"], upgraded["t_draw"], upgraded["first_share"]) == ("l1", "uniform", 0.0)
+    assert (upgraded["loss_norm"], upgraded["t_draw"], upgraded["first_share"], upgraded["grid_share"]) == (
+        "l1", "uniform", 0.0, 0.0)
     assert flags.resume_args(flags.parse(["--resume", path, "--loss-norm", "l1"]), before, path).loss_norm == "l1"
 
 
@@ -420,7 +422,7 @@ def test_first_share_draws_t_equal_to_T_that_often_and_the_rest_as_before(share,
     """--first-share p: each index is T with probability p, else drawn as --t-draw says, so T's share
     is p + (1 - p) / K over K indices."""
     args = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "gpu", "--t-draw", t_draw,
-                                            "--first-share", str(share)]))
+                                            "--first-share", str(share), "--grid-share", "0"]))
     sde = checkpoint.build(args, torch.device("cpu"))[1]
     n = 20_000
     t = train.draw_indices(sde, args, n, torch.Generator().manual_seed(seed), "cpu")
@@ -431,6 +433,27 @@ def test_first_share_draws_t_equal_to_T_that_often_and_the_rest_as_before(share,
     others = (1 - share) / len(indices)
     for index in indices:  # each within 6 binomial standard deviations of its share
         p = share + others if index == sde.T else others
+        assert abs(counts[index].item() / n - p) <= 6 * (p * (1 - p) / n) ** 0.5 + 1e-12
+
+
+@settings(max_examples=20, deadline=None)
+@given(share=st.floats(0, 1), first=st.sampled_from([0.0, 0.5]), t_draw=st.sampled_from(["uniform", "chain-any"]),
+       seed=st.integers(0, 2**31))
+def test_grid_share_puts_that_share_of_uniform_indices_on_the_sampler_grid(share, first, t_draw, seed):
+    """--grid-share q: a uniform index is drawn from the K-index grid of --sample-steps instead with
+    probability q, so a grid index has (1 - q) / T + q / K of the draws and any other (1 - q) / T,
+    before --first-share p moves a share p of all of them to T."""
+    args = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "gpu", "--t-draw", t_draw,
+                                            "--grid-share", str(share), "--first-share", str(first)]))
+    sde = checkpoint.build(args, torch.device("cpu"))[1]
+    n = 20_000
+    t = train.draw_indices(sde, args, n, torch.Generator().manual_seed(seed), "cpu")
+    grid = set(irsde.timesteps(sde, args.sample_steps)) - {0}
+    counts = torch.bincount(t, minlength=sde.T + 1)
+    assert counts[0] == 0
+    for index in range(1, sde.T + 1):  # each within 6 binomial standard deviations of its share
+        p = (1 - first) * ((1 - share) / sde.T + (share / len(grid) if index in grid else 0))
+        p += first if index == sde.T else 0
         assert abs(counts[index].item() / n - p) <= 6 * (p * (1 - p) / n) ** 0.5 + 1e-12
 
 
@@ -451,9 +474,10 @@ def test_t_draw_on_the_sampler_grid_is_refused_for_denoising(tmp_path, t_draw):
     assert not tmp_path.joinpath("val").exists()
 
 
-def test_first_share_is_refused_for_denoising(tmp_path):
-    with pytest.raises(flags.UsageError, match="--first-share 0.5: denoise starts at t. of each noise level"):
-        train.main(["--task", "denoise", *FAST, "--t-draw", "uniform", "--first-share", "0.5", "--out", str(tmp_path)])
+@pytest.mark.parametrize("flag", ["--first-share", "--grid-share"])
+def test_shares_of_the_draw_are_refused_for_denoising(tmp_path, flag):
+    with pytest.raises(flags.UsageError, match=f"{flag} 0.5: denoise starts at t. of each noise level"):
+        train.main(["--task", "denoise", *FAST, "--t-draw", "uniform", flag, "0.5", "--out", str(tmp_path)])
 
 
 @pytest.mark.parametrize("t_draw", ["chain", "chain-any"])
@@ -497,7 +521,7 @@ def test_gpu_preset_trains_and_restores_with_the_full_reverse_process(tmp_path):
     parse = lambda task: flags.fill_defaults(flags.parse(["--task", task, "--preset", "gpu"]))
     args = parse("derain")
     assert args.sample_steps >= 10 and args.t_draw == "chain-any" and parse("denoise").t_draw == "uniform"
-    assert args.first_share == 0.5 and parse("denoise").first_share == 0
+    assert args.first_share == args.grid_share == 0.5 and parse("denoise").first_share == parse("denoise").grid_share == 0
     assert all(0 < m < args.iters for m in args.milestones)
     train.main(["--task", "derain", "--preset", "gpu", "--iters", "1", "--batch", "2", "--crop", "32",
                 "--val-images", "1", "--T", "20", "--workers", "0", "--out", str(tmp_path)])
