@@ -27,6 +27,9 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+# DDP imports this; imported after init_process_group, its default arguments would hold the group past
+# destroy_process_group, and gloo's threads could still be freeing tensors as Python exits (an abort).
+import torch.distributed.nn  # noqa: F401
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
@@ -120,6 +123,7 @@ def main(argv=None):
             if step % args.save_every == 0 or last:
                 run.save()
         run.check_finite()  # a signal's save must not keep a non-finite model
+    del model  # DDP holds the process group, which finish destroys
     finish(run, net, rank, world)
 
 
