@@ -3,7 +3,7 @@
     python bench.py train [--device cuda] [--compile [MODE]] [--batch 4 16 64]  # images/s, TFLOP/s, MFU
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
     python bench.py chain --checkpoint runs/derain/last.pt   # x0_hat against t: forward process vs the chain
-    python bench.py compare --checkpoints runs/a/last.pt runs/b/last.pt  # PSNR-Y, GMSD, texture, a picture
+    python bench.py compare --checkpoints runs/a/last.pt runs/b/last.pt  # PSNR-Y, GMSD, colour shift, a picture
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
     python bench.py ablate [--quick] [--fp32] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
@@ -237,14 +237,15 @@ def bench_compare(args, device):
     """Checkpoints side by side on the `val` and `unseen` images (each restored with its own
     sampler and step count, or --sample-steps): PSNR-Y, SSIM-Y, GMSD (structure of the gradients
     against the GT's; noise cannot game it) and the texture ratio (high-frequency energy over the
-    GT's; noise can), and one picture per set: LQ, each model's output, GT."""
+    GT's; noise can), the mean colour shift (largest channel-mean difference: a cast or veil left
+    behind, which costs PSNR but not structure), and one picture per set: LQ, each output, GT."""
     models = [(Path(path).parent.name, *checkpoint.load(path, device)) for path in args.checkpoints]
     task, *others = {config["task"] for _, _, _, config in models}
     if others:
         raise flags.UsageError(f"--checkpoints: they restore different tasks ({', '.join(sorted([task, *others]))})")
     out = Path(args.out or "runs/compare")
-    print(f"| model | set | PSNR-Y | SSIM-Y | GMSD | texture | ({machine(device)})")
-    print("|---|---|---|---|---|---|")
+    print(f"| model | set | PSNR-Y | SSIM-Y | GMSD | texture | colour shift (/255) | ({machine(device)})")
+    print("|---|---|---|---|---|---|---|")
     steps = args.sample_steps[0] if args.sample_steps else None  # None: each model's own
     for split in ("val", "unseen"):
         pairs = list(data.make_dataset(task, crop=train.VAL_CROP, split=split))
@@ -255,8 +256,9 @@ def bench_compare(args, device):
                             for k, (lq, _) in enumerate(pairs)])
         for name, images in zip(["input (LQ)"] + [m[0] for m in models], outputs):
             mean = metrics.mean([metrics.evaluate(x, gt, restore.VAL_BORDER) for x, (_, gt) in zip(images, pairs)])
+            shift = sum(metrics.colour_shift(x, gt) for x, (_, gt) in zip(images, pairs)) / len(pairs)
             print(f"| {name} | {split} | {mean['psnr_y']:.2f} | {mean['ssim_y']:.4f} | {mean['gmsd']:.4f} | "
-                  f"{mean['texture']:.2f} |", flush=True)
+                  f"{mean['texture']:.2f} | {shift:.1f} |", flush=True)
         rows = [restore.strip([images[k] for images in outputs] + [pairs[k][1]]) for k in range(min(4, len(pairs)))]
         picture = torch.cat([r for row in rows for r in (row, torch.ones(3, restore.GAP, row.shape[2]))][:-1], 1)
         labels = ["LQ"] + [m[0] for m in models] + ["GT"]

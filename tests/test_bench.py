@@ -136,6 +136,8 @@ def test_compare_scores_and_pictures_each_checkpoint(ablation, tmp_path, capsys)
     assert [(r[0].strip("| "), r[1]) for r in rows] == [(name, split) for split in ("val", "unseen") for name in
                                                         ("input (LQ)", *(bench.Path(p).parent.name for p in paths))]
     assert all(0 <= float(r[4]) < 1 for r in rows)  # GMSD
+    shifts = [float(r[6].rstrip(" |")) for r in rows]
+    assert all(0 <= s <= 255 for s in shifts) and shifts[0] > 0  # colour shift: the rainy input has one
     for split in ("val", "unseen"):
         picture = data.load_image(tmp_path / f"compare_{split}.png")
         assert picture.shape[2] == 4 * bench.train.VAL_CROP + 3 * bench.restore.GAP  # LQ, 2 models, GT
