@@ -126,12 +126,15 @@ sys.path.insert(0, os.getcwd())
 import train
 threads = lambda: len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 0  # Linux only
 init, destroy = dist.init_process_group, dist.destroy_process_group
+def say(line):  # one write of a whole line: both ranks share the pipe, and print() writes in pieces
+    sys.stdout.flush()
+    os.write(1, (line + "\\n").encode())
 def counted_init(*args, **kwargs):
-    print("threads before init", threads())
+    say(f"threads before init {threads()}")
     init(*args, **kwargs)
 def counted_destroy():
     destroy()
-    print("threads after destroy", threads(), flush=True)
+    say(f"threads after destroy {threads()}")
 dist.init_process_group, dist.destroy_process_group = counted_init, counted_destroy
 train.cli()
 """
