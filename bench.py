@@ -14,7 +14,7 @@ with bf16 autocast; it counts their FLOPs and the built-in data's rate per loade
 `sample` restores the fixed synthetic validation set with every sampler at 100, 50, 20, 10 and
 5 steps, and counts the network evaluations (NFE) they take. `chain` reports the x0 the network
 predicts at each t, from states of the forward process and from its sampler's own chain
-(PAPER.md §13); `compare` restores the same images with several checkpoints (IR-SDE against
+(PAPER.md §12); `compare` restores the same images with several checkpoints (IR-SDE against
 its CNN baseline) and draws their outputs side by side.
 `reference` runs the authors' ConditionalUNet and IRSDE from a local checkout of their repository
 (Algolzw/image-restoration-sde; nothing is downloaded) next to this code's paper network holding
@@ -193,7 +193,7 @@ def bench_sample(args, device):
 
 @torch.no_grad()
 def bench_chain(args, device):
-    """x0_hat against t (PAPER.md §13): PSNR-Y on `val` of the x0 that the network predicts from the
+    """x0_hat against t (PAPER.md §12): PSNR-Y on `val` of the x0 that the network predicts from the
     state x_t at index t, where x_t comes from the forward process around the GT (eq. 6: what
     training with uniform indices shows the network) or from the sampler's own chain of n steps
     from x_T (what restoration shows it; the checkpoint's sampler, or --samplers). Columns: the
@@ -350,7 +350,7 @@ def bench_reference(args, device):
             opt.step()
 
         def our_step(opt=torch.optim.Adam(ours.parameters(), lr=1e-4)):
-            with autocast:  # train.train_step with --param noise --weighting uniform
+            with autocast:  # train.batch_loss of --preset paper: ML loss, noise output, uniform t
                 t = torch.randint(1, sde_ours.T + 1, (batch,), device=device)
                 x, _ = sde_ours.q_sample(lq, gt, t)
                 loss = sde_ours.ml_loss(x, lq, gt, ours(x, lq, t).float(), t)
@@ -385,34 +385,29 @@ def bench_reference(args, device):
 # ---- ablation: the paper's claims at laptop scale ---------------------------------------------
 
 def ablation_variants(lam):
-    """(name, task, train.py flags, seeds): the tiny recipe (3 posterior steps, trained on the
-    sampler's own chain) and the CNN baseline trained alike; then the former recipes as they were
-    measured (64 x 64 crops, 800 steps, x_t from the forward process): 1 posterior step, the same
-    in L2, 3 steps, their CNN, and the former 3-step recipe with one change each (losses,
-    schedules, lambda halved and doubled around the task's default `lam`, tasks.py)."""
-    former = ["--crop", "64", "--iters", "800", "--milestones", "550", "700"]
-    steps1 = ["--t-draw", "sampler", "--sample-steps", "1", *former]
-    steps3 = ["--t-draw", "sampler", "--sample-steps", "3", *former]
+    """(name, task, train.py flags, seeds): the tiny recipe (3 posterior steps, trained on the sampler's
+    own chain) and its CNN baseline; the recipe with one change each: forward-process states, the
+    paper's ML loss, the paper's method (eq. 15 or noise matching, eq. 10, on forward states with a
+    noise output: the paper's Fig. 10), the schedules (Fig. 11) and lambda halved and doubled around
+    the task's `lam` (tasks.py); and the denoising SDE (Table 4)."""
+    paper = ["--param", "noise", "--t-draw", "uniform"]
     return [
         ("IR-SDE, 3 posterior steps on its own chain (tiny recipe)", "derain", [], (0, 1)),
         ("CNN baseline (same network, L1)", "derain", ["--loss", "cnn"], (0, 1)),
-        ("former recipe: 1 posterior step", "derain", steps1, (0, 1)),
-        ("former recipe: 1 posterior step, L2", "derain", [*steps1, "--loss-norm", "l2"], (0, 1)),
-        ("former recipe: 3 posterior steps", "derain", steps3, (0, 1)),
-        ("former recipe: CNN baseline", "derain", ["--loss", "cnn", *former], (0, 1)),
-        ("paper's ML loss (Euler-Maruyama step), uniform indices", "derain",
-         [*steps3, "--loss", "ml", "--t-draw", "uniform"], (0,)),
-        ("noise matching, eq. 10", "derain", [*steps3, "--loss", "noise"], (0,)),
-        ("linear schedule", "derain", [*steps3, "--schedule", "linear"], (0,)),
-        ("constant schedule", "derain", [*steps3, "--schedule", "constant"], (0,)),
-        (f"lambda {lam / 2:g}/255 (half)", "derain", [*steps3, "--max-sigma", f"{lam / 2:g}"], (0,)),
-        (f"lambda {lam * 2:g}/255 (double)", "derain", [*steps3, "--max-sigma", f"{lam * 2:g}"], (0,)),
-        ("denoising SDE, sigma 25", "denoise", ["--sample-steps", "3", *former], (0,)),
+        ("forward-process states (--t-draw uniform)", "derain", ["--t-draw", "uniform"], (0,)),
+        ("paper's ML loss (Euler-Maruyama step)", "derain", ["--loss", "ml"], (0,)),
+        ("paper's method: ML loss, noise output, uniform indices", "derain", ["--loss", "ml", *paper], (0,)),
+        ("paper's method with noise matching, eq. 10", "derain", ["--loss", "noise", *paper], (0,)),
+        ("linear schedule", "derain", ["--schedule", "linear"], (0,)),
+        ("constant schedule", "derain", ["--schedule", "constant"], (0,)),
+        (f"lambda {lam / 2:g}/255 (half)", "derain", ["--max-sigma", f"{lam / 2:g}"], (0,)),
+        (f"lambda {lam * 2:g}/255 (double)", "derain", ["--max-sigma", f"{lam * 2:g}"], (0,)),
+        ("denoising SDE, sigma 25", "denoise", [], (0,)),
     ]
 
 
 QUICK_FLAGS = ["--iters", "2", "--crop", "16", "--batch", "2", "--T", "10", "--sample-steps", "2",
-               "--val-images", "1", "--val-every", "1", "--log-every", "1"]
+               "--val-images", "1", "--val-every", "2"]
 NFE = (1, 2, 5, 10, 20, 50, 100)
 
 
@@ -559,9 +554,9 @@ def bench_ablate(args, device):
                              val=val, unseen=unseen, curve=curve))
             write_ablation(root, rows)
     # the samplers' sweep needs a network trained at every index, not only the 3 the recipe samples:
-    # the paper's training (it is what the 100-step samplers were designed for)
-    uniform = next(name for name, _, extra, _ in variants if "uniform" in extra)
-    rows += nfe_sweep(run_folder(root, uniform, 0), device, args.quick)
+    # the paper's method (it is what the 100-step samplers were designed for)
+    paper = next(name for name, _, _, _ in variants if name.startswith("paper's method:"))
+    rows += nfe_sweep(run_folder(root, paper, 0), device, args.quick)
     denoising = next(name for name, task, _, _ in variants if task == "denoise")
     rows += denoise_starts(run_folder(root, denoising, 0), device)
     write_ablation(root, rows)
@@ -615,7 +610,7 @@ def bench_figures(args, device):
         points = [(r["nfe"], r["psnr_y"]) for r in nfe if r["sampler"] == sampler]
         ax.plot(*zip(*points), marker="o", label=sampler)
     ax.set(xscale="log", xlabel="network evaluations", ylabel="val PSNR-Y (dB)",
-           title="samplers (paper's ML loss, uniform indices)")
+           title="samplers (the paper's method)")
     ax.legend()
     save_figure(fig, out / "samplers.png")
 

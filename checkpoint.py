@@ -133,15 +133,14 @@ def _missing_keys(ckpt):
 def upgrade(ckpt, path):
     """A checkpoint of any earlier layout in the current one (the one place that knows them):
     before `sampling`, those settings lived in `args` and lambda was `max_sigma`; before `scale`,
-    training ran at scale 1; before `net.name`, every network was the U-Net; before the flags
-    --t-draw, --loss-norm, --first-share and --grid-share, runs drew uniform indices and used L1.
-    Networks from before the authors' exact U-Net (GroupNorm blocks, `mid_mult`) cannot be rebuilt."""
+    training ran at scale 1; before `net.name`, every network was the U-Net; before --t-draw, runs
+    drew uniform indices. Networks from before the authors' exact U-Net (`mid_mult`) cannot be rebuilt."""
     config = dict(ckpt["config"])
-    args = {"t_draw": "uniform", "loss_norm": "l1", "first_share": 0.0, "grid_share": 0.0, **config.get("args", {})}
+    args = {"t_draw": "uniform", **config.get("args", {})}
     if "mid_mult" in config["net"]:
-        raise DataError(f"{path}: written for the network before the authors' exact U-Net (it has "
-                        "GroupNorm blocks); this version cannot rebuild it: retrain, or sample with "
-                        "commit 8102553 or older")
+        raise DataError(f"{path}: written for an earlier network of this project (`mid_mult`, GroupNorm "
+                        "blocks) that this version cannot rebuild; retrain, or restore it with the version "
+                        "of this repository that wrote it")
     config["net"] = {"name": "unet", **config["net"]}
     config.setdefault("scale", 1)
     if config.get("sde") is not None and "max_sigma" in config["sde"]:

@@ -1,4 +1,4 @@
-"""train.py's flags, its two recipes (presets) and every check of the flags, run before any work.
+"""train.py's flags, its three recipes (presets) and every check of the flags, run before any work.
 
 A run's settings come from here alone: the flags given, then the preset's values, then the task's
 row of tasks.TASKS (lambda, eps, its samplers); with --resume, the checkpoint's settings. Values a
@@ -23,28 +23,25 @@ class UsageError(ValueError):
     """A flag or combination of flags the run cannot honour; the message names the flag."""
 
 
-# "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 4 minutes;
-# README.md says what it changes and why (PAPER.md §11: the paper's recipe scaled down does not restore).
-# "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps, trained on
-# their chain at every index (10 to 100 steps agree), half of those on the 10-step grid (there the chain
-# refines) and half the draws at T (the first x0 the chain carries forward); screened at a CPU's scale
-# with the small and micro networks: RESULTS.md §10, §11.
+# "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 4 minutes.
+# "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps. What tiny and
+# gpu change against the paper, and why (PAPER.md §11: the paper's recipe scaled down does not restore):
+# README, "What the presets change".
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
-                  ema=0.995, loss="ml", loss_norm="l1", param="noise", weighting="uniform", t_draw="uniform",
-                  first_share=0.0, grid_share=0.0, T=100, schedule="cosine", clip_x0=False, sample_steps=100,
-                  log_every=100, val_every=5000, save_every=5000, workers=4),
-    "tiny": dict(net="micro", iters=1400, batch=8, crop=32, lr=1e-3, milestones=[963, 1225],
-                 ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain",
-                 first_share=0.0, grid_share=0.0, T=100, schedule="cosine", clip_x0=True, sample_steps=3,
-                 log_every=100, val_every=600, save_every=600, workers=0),
-    "gpu": dict(net="small", iters=2500, batch=32, crop=64, lr=5e-4, milestones=[1719, 2188],
-                ema=0.99, loss="ml-posterior", loss_norm="l1", param="x0", weighting="x0", t_draw="chain-any",
-                first_share=0.5, grid_share=0.5, T=100, schedule="cosine", clip_x0=True, sample_steps=10,
-                log_every=100, val_every=500, save_every=500, workers=6),
+                  ema=0.995, loss="ml", param="noise", t_draw="uniform", T=100, schedule="cosine",
+                  sample_steps=100, val_every=5000, workers=4),
+    "tiny": dict(net="micro", iters=1400, batch=8, crop=32, lr=1e-3, milestones=[963, 1225], ema=0.99,
+                 loss="ml-posterior", param="x0", t_draw="chain", T=100, schedule="cosine",
+                 sample_steps=3, val_every=600, workers=0),
+    "gpu": dict(net="small", iters=2500, batch=32, crop=64, lr=5e-4, milestones=[1719, 2188], ema=0.99,
+                loss="ml-posterior", param="x0", t_draw="chain", T=100, schedule="cosine",
+                sample_steps=10, val_every=500, workers=6),
 }
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile's modes
 RESUME_MAY_CHANGE = ("out", "device", "compile", "fp32", "workers", "iters", "resume")  # not part of the recipe
+# settings of earlier versions that this one no longer offers, with the value it now implies
+RETIRED = ("loss_norm", "first_share", "grid_share", "weighting", "clip_x0")
 
 
 def parse(argv=None, doc=None):
@@ -71,21 +68,14 @@ def parser(doc=None):
     p.add_argument("--fp32", action="store_true", help="train in float32 (default: bf16 autocast on CUDA "
                    "and on CPUs with native bf16)")
     p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
-                   help="ml: eq. 15 (Euler-Maruyama mean, paper); ml-posterior: eq. 15 with the posterior "
-                   "step's mean (eq. 14 with x0_hat); noise: eq. 10; cnn: the paper's CNN baseline (LQ -> HQ)")
-    p.add_argument("--loss-norm", choices=["l1", "l2"], help="distance in the ML loss and the CNN baseline: "
-                   "|.| (paper, every preset) or its square (the Gaussian log-likelihood of eq. 13)")
-    p.add_argument("--param", choices=["noise", "x0"], help="network output: eps (paper) or an x0 correction")
-    p.add_argument("--weighting", choices=["uniform", "x0"], help="gamma_i of the ML loss: 1 (paper) or 1/B_i")
-    p.add_argument("--t-draw", choices=["uniform", "sampler", "chain", "chain-any"],
+                   help="ml: eq. 15, the paper's; noise: eq. 10; cnn: the paper's CNN baseline (L1 from LQ to HQ); "
+                   "ml-posterior: eq. 15 with the posterior step's mean, weighted 1/B_t: the x0 error |x0_hat - x0|")
+    p.add_argument("--param", choices=["noise", "x0"], help="network output: the noise (paper), or x0 as a "
+                   "residual from mu, clipped to [0, 1] when sampling")
+    p.add_argument("--t-draw", choices=["uniform", "chain"],
                    help="training indices and states: uniform on 1..T with x_t from the forward process (paper); "
-                   "sampler: only the --sample-steps indices the sampler evaluates; chain: those indices with x_t "
-                   "built by the sampler's own chain from x_T, as restoration builds it; chain-any: uniform on "
-                   "1..T, x_t built by that chain, its last step ending at t (more steps than --sample-steps)")
-    p.add_argument("--first-share", type=float, help="share of training indices drawn at t = T, the first "
-                   "step, whose x0 estimate the chain carries forward; the rest as --t-draw says (default 0)")
-    p.add_argument("--grid-share", type=float, help="with --t-draw uniform or chain-any: share of the uniform "
-                   "indices drawn instead on the --sample-steps grid that restoration visits (default 0)")
+                   "chain: the --sample-steps indices restoration visits, x_t built by the sampler's own chain "
+                   "from x_T as restoration builds it")
     p.add_argument("--net", choices=checkpoint.NETS, help="network preset")
     p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
                    + ", ".join(f"{k} {v.lam:g}" for k, v in tasks.TASKS.items()) + ")")
@@ -93,13 +83,12 @@ def parser(doc=None):
                    + ", ".join(f"{k} {v.eps:g}" for k, v in tasks.TASKS.items()) + ")")
     p.add_argument("--T", type=int, help="number of SDE steps")
     p.add_argument("--schedule", choices=["cosine", "linear", "constant"])
-    p.add_argument("--clip-x0", type=int, choices=[0, 1], help="clip predicted x0 to [0, 1] when sampling")
-    p.add_argument("--sampler", choices=irsde.SAMPLERS, help="sampler for validation and sample.py (default: the "
-                   "task's, over every index; its few-step sampler over fewer)")
-    p.add_argument("--sample-steps", type=int, help="sampling steps (network evaluations) per restoration")
+    p.add_argument("--sample-steps", type=int, help="steps of the task's sampler in validation and, by default, "
+                   "in sample.py (tasks.py: posterior, the authors' sampler; for denoise the ODE, DDIM below T steps)")
     for name, kind in [("iters", int), ("batch", int), ("crop", int), ("lr", float), ("ema", float),
-                       ("log-every", int), ("val-every", int), ("save-every", int), ("workers", int)]:
-        p.add_argument(f"--{name}", type=kind)
+                       ("val-every", int), ("workers", int)]:
+        p.add_argument(f"--{name}", type=kind, help="validate and save a checkpoint every this many steps"
+                       if name == "val-every" else None)
     p.add_argument("--milestones", type=int, nargs="*", help="steps at which the learning rate halves")
     p.add_argument("--val-images", type=int, help=f"images validated (default: {data.DEFAULT_VAL_LEN})")
     return p
@@ -124,25 +113,23 @@ def settings(args):
 
 
 def fill_defaults(args):
-    """Unset flags take the preset's value, then the task's: its lambda and eps, its sampler (over
-    every index; its few-step one over fewer), and uniform indices where restoration starts at the
-    input's noise level (t* varies with it, Sec. 4.3)."""
+    """Unset flags take the preset's value, then the task's: its lambda and eps, and uniform indices
+    where restoration starts at the input's noise level (t* varies with it, Sec. 4.3). Two settings
+    follow from the others: the sampler (the task's over every index, its few-step one over fewer)
+    and clip_x0 (x0_hat clipped to [0, 1] where the network predicts x0)."""
     args.preset = args.preset or "paper"
     preset, task = PRESETS[args.preset], tasks.TASKS[args.task]
     args.seed = 0 if args.seed is None else args.seed
     args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
     if task.noise_sigma is not None:  # restoration starts at t* of the input's noise level, never at T
         args.t_draw = args.t_draw or "uniform"
-        args.first_share = 0.0 if args.first_share is None else args.first_share
-        args.grid_share = 0.0 if args.grid_share is None else args.grid_share
     if args.workers is None:  # the preset's loader workers, no more than this machine's cores
         args.workers = min(preset["workers"], usable_cores())
     for key, value in {**preset, "max_sigma": task.lam, "eps": task.eps}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.sampler is None:
-        args.sampler = task.sampler if args.sample_steps >= args.T else task.few_step_sampler
-    args.clip_x0 = bool(args.clip_x0)
+    args.sampler = task.sampler if args.sample_steps >= args.T else task.few_step_sampler
+    args.clip_x0 = args.param == "x0"
     return args
 
 
@@ -153,16 +140,21 @@ def usable_cores():
 
 def resume_args(given, ckpt, path):
     """The checkpoint's settings. --out, --device, --compile, --fp32, --workers and --iters may change; any
-    other flag that differs from the checkpoint's value would be ignored, so it is refused."""
+    other flag that differs from the checkpoint's value would be ignored, so it is refused, as is a run
+    that used a setting this version no longer has."""
     saved = argparse.Namespace(**ckpt["config"]["args"])
     for key in ("task", "net", "loss", "param"):
         if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
             raise UsageError(f"{path}: checkpoint was trained with {key}={getattr(saved, key)}, not "
                              f"{getattr(given, key)}; start a new run instead of --resume")
+    retired = [f"{key}={value}" for key, value in retired_settings(vars(saved)).items()]
+    if retired:
+        raise UsageError(f"{path}: trained with {', '.join(retired)}, which this version no longer has; "
+                         "sample.py still restores with it, but it cannot be resumed")
     ignored = [f"--{key.replace('_', '-')} (the run has {getattr(saved, key, None)!r})"
                for key, value in vars(given).items()
                if key not in RESUME_MAY_CHANGE and value is not None and value is not False
-               and (bool(value) if key == "clip_x0" else value) != getattr(saved, key, None)]
+               and value != getattr(saved, key, None)]
     if ignored:
         raise UsageError(f"{path}: --resume continues the run with its own settings and would ignore "
                          f"{', '.join(ignored)}; drop them, or start a new run with --out")
@@ -172,15 +164,25 @@ def resume_args(given, ckpt, path):
     return saved
 
 
+def retired_settings(saved):
+    """{name: value} of a checkpoint's settings that this version no longer offers, where they differ
+    from what it now implies: L1, no shares of draws at T or on the grid, 1/B_t weighting with
+    --loss ml-posterior (1 otherwise), x0_hat clipped with --param x0, indices uniform or on the chain."""
+    implied = dict(loss_norm="l1", first_share=0.0, grid_share=0.0,
+                   weighting="x0" if saved.get("loss") == "ml-posterior" else "uniform",
+                   clip_x0=saved.get("param") == "x0")
+    retired = {key: saved[key] for key in RETIRED if key in saved and saved[key] != implied[key]}
+    if saved.get("t_draw") not in ("uniform", "chain"):
+        retired["t_draw"] = saved.get("t_draw")
+    return retired
+
+
 def check_args(args):
     """Every numeric flag, the combinations and --device, checked before any work."""
     rules = [
         ("iters", args.iters >= 1, "at least 1"), ("batch", args.batch >= 1, "at least 1"),
         ("crop", args.crop >= 8, "at least 8"), ("lr", 0 < args.lr < math.inf, "a number above 0"),
-        ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("first-share", 0 <= args.first_share <= 1, "in [0, 1]"),
-        ("grid-share", 0 <= args.grid_share <= 1, "in [0, 1]"),
-        ("log-every", args.log_every >= 1, "at least 1"),
-        ("val-every", args.val_every >= 1, "at least 1"), ("save-every", args.save_every >= 1, "at least 1"),
+        ("ema", 0 <= args.ema < 1, "in [0, 1)"), ("val-every", args.val_every >= 1, "at least 1"),
         ("workers", args.workers >= 0, "0 or more"), ("T", args.T >= 1, "at least 1"),
         ("eps", 0 < args.eps < 1, "in (0, 1)"),
         ("max-sigma", 0 < args.max_sigma <= 255, "in (0, 255]: lambda on the 0-255 scale (10 means 10/255)"),
@@ -193,14 +195,11 @@ def check_args(args):
             value = getattr(args, name.replace("-", "_"))
             shown = " ".join(map(str, value)) if isinstance(value, list) else value  # --milestones
             raise UsageError(f"--{name} {shown}: must be {rule}")
-    if args.t_draw != "uniform" and tasks.TASKS[args.task].noise_sigma is not None:
-        raise UsageError(f"--t-draw {args.t_draw}: {args.task} starts at t* of each noise level; use uniform")
-    for name, share in (("first-share", args.first_share), ("grid-share", args.grid_share)):
-        if share and tasks.TASKS[args.task].noise_sigma is not None:
-            raise UsageError(f"--{name} {share:g}: {args.task} starts at t* of each noise level, not at T; use 0")
-    if args.t_draw.startswith("chain") and args.loss == "noise":
-        raise UsageError(f"--t-draw {args.t_draw}: noise matching (eq. 10) needs the noise of the forward process, "
-                         "which chain states do not have; with --loss noise pass --t-draw sampler or uniform")
+    if args.t_draw == "chain" and tasks.TASKS[args.task].noise_sigma is not None:
+        raise UsageError(f"--t-draw chain: {args.task} starts at t* of each noise level, not at T; use uniform")
+    if args.t_draw == "chain" and args.loss == "noise":
+        raise UsageError("--t-draw chain: noise matching (eq. 10) needs the noise of the forward process, which "
+                         "chain states do not have; with --loss noise pass --t-draw uniform")
     args.device = str(check_device(args.device))
     if "RANK" in os.environ and args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device}: under torchrun each process uses the GPU of its "
@@ -241,16 +240,10 @@ def output_folder(args):
 
 def describe(args):
     """The resolved recipe, printed when a run starts."""
-    grid = args.grid_share if args.t_draw in ("uniform", "chain-any") else 0
-    shares = ([f"{grid:g} on the {args.sample_steps}-step grid"] if grid else []) + (
-        [f"{args.first_share:g} at T"] if args.first_share else [])
-    first = f" ({', '.join(shares)})" if shares else ""
-    loss = f"CNN baseline ({args.loss_norm} from LQ to HQ)" if args.loss == "cnn" else (
-        f"{args.loss} ({args.loss_norm}, {args.param} output, {args.weighting} weighting), "
-        f"indices {args.t_draw}{first}; SDE lambda {args.max_sigma:g}/255, eps {args.eps:g}, "
-        f"T {args.T} {args.schedule}; "
-        f"restores with {args.sample_steps} {args.sampler} step(s){', x0 clipped' if args.clip_x0 else ''}")
+    loss = "CNN baseline (L1 from LQ to HQ)" if args.loss == "cnn" else (
+        f"{args.loss} loss, {args.param} output, indices {args.t_draw}; SDE lambda {args.max_sigma:g}/255, "
+        f"eps {args.eps:g}, T {args.T} {args.schedule}; restores with {args.sample_steps} {args.sampler} "
+        f"step(s){', x0 clipped' if args.clip_x0 else ''}")
     return (f"recipe ({args.preset}): {args.task} on {args.data or 'built-in synthetic pairs'}, net {args.net}, "
-            f"{loss}; batch {args.batch} of "
-            f"{args.crop} x {args.crop}, lr {args.lr:g} halved at {args.milestones}, {args.iters} steps, "
-            f"EMA {args.ema:g}, seed {args.seed}")
+            f"{loss}; batch {args.batch} of {args.crop} x {args.crop}, lr {args.lr:g} halved at "
+            f"{args.milestones}, {args.iters} steps, EMA {args.ema:g}, seed {args.seed}")

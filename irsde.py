@@ -1,5 +1,10 @@
 """The mean-reverting SDE of IR-SDE (Luo et al., ICML 2023), in the reference code's discretisation.
 
+The file has two parts. The paper: schedules, the IRSDE class (eqs. 3-16), the samplers the paper
+and the authors' code use (Euler-Maruyama on eq. 7, the probability-flow ODE, posterior sampling)
+and `sample` / `denoise`. Beyond the paper: what this project adds, each with the reason it
+exists; none of it is used by the paper's recipe (train.py --preset paper).
+
 Equation numbers ("eq. N", "Sec. N") are the paper's; "PAPER.md §N" is this repository's
 restatement, the specification. Images live in [0, 1]; `lam` (lambda, the reference's
 `max_sigma`) is on that scale, so the reference's `max_sigma: 10` is 10/255 here.
@@ -10,11 +15,11 @@ variance, "noise" the standard normal noise of eq. 9 (the paper's epsilon). Ever
 arguments in one order, (x, mu, x0 or noise, t, s), and its docstring says what `mu=None` means
 there: the Gaussian-denoising SDE of Sec. 4.3, where mu = x0 is unknown (PAPER.md §5).
 
-A network is used as model(x, mu, t) -> predicted noise (eq. 10); `noise_model` adapts networks
-that predict x0 instead. Samplers follow k-diffusion: sample_X(model, sde, x, mu, ts, ...) runs
-from the state x at index ts[0] down to ts[-1] = 0; `sample` and `denoise` build x and ts. Before
-each step from t to s the callback receives dict(i, t, s, x, x0): x the state at t that the
-network sees and x0 its prediction from that state.
+A network is used as model(x, mu, t) -> predicted noise (eq. 10). Samplers follow k-diffusion:
+sample_X(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=False) runs from the
+state x at index ts[0] down to ts[-1] = 0; `sample` and `denoise` build x and ts. Before each
+step from t to s the callback receives dict(i, t, s, x, x0): x the state at t that the network
+sees and x0 its prediction from that state; clip_x0 projects that prediction onto [0, 1].
 """
 import math
 
@@ -231,37 +236,12 @@ class IRSDE:
         """L_gamma of eq. 10 with gamma_t = 1: mean squared error of the predicted noise."""
         return F.mse_loss(noise_pred, noise)
 
-    def ml_loss(self, x, mu, x0, noise_pred, t, weighting="uniform", step="sde", norm="l1"):
-        """J_gamma of eq. 15: the distance between the model's reverse step mean and x*_{t-1} (mu=None:
-        the denoising SDE).
-
-        step "sde" is the paper's (dx_t)_phi, the Euler-Maruyama mean of eq. 7. Its x0 target is not
-        x0: the x0_hat whose Euler-Maruyama mean equals x*_{t-1} carries x_t's noise, the more so
-        near T (README, "The CPU preset"). step "posterior" takes the mean of the posterior step
-        the samplers use, eq. 14 with x0_hat, so the loss is B_t |x0_hat - x0|, minimised by x0.
-        weighting "uniform" is the reference's gamma_t = 1. "x0" sets gamma_t = 1 / B_t, B_t the
-        coefficient of x0 in eq. 14, so that an error in the implied x0 counts the same at every
-        step; with gamma_t = 1 the steps near T (B_t ~ eps) hardly train, yet few-step samplers
-        lean on the x0 predicted there.
-        norm "l1" is the reference's |.|; "l2" squares it, as the negative log-likelihood of the
-        Gaussian in eq. 13 does. With the posterior step and "x0" the l2 loss is (x0_hat - x0)^2,
-        minimised by the posterior mean E[x0 | x_t, mu]; l1 is minimised by the median (README,
-        "The CPU preset", for what each does to rain)."""
-        if step == "sde":
-            mean = self.reverse_sde_mean(x, mu, noise_pred, t)
-        elif step == "posterior":
-            mean = self.optimal_reverse(x, mu, self.x0_from_noise(x, mu, noise_pred, t), t)
-        else:
-            raise ValueError(f"unknown ML loss step {step!r}: choose sde or posterior")
-        error = (mean - self.optimal_reverse(x, mu, x0, t)).abs()
-        if weighting == "x0":
-            A, B, _ = self._reverse_coefficients(x, t, t - 1)
-            error = error / ((1 - A) if mu is None else B)  # mu=None: x*_{t-1} = A (x_t - x0) + x0
-        elif weighting != "uniform":
-            raise ValueError(f"unknown ML loss weighting {weighting!r}: choose uniform or x0")
-        if norm not in ("l1", "l2"):
-            raise ValueError(f"unknown ML loss norm {norm!r}: choose l1 or l2")
-        return (error if norm == "l1" else error.square()).mean()
+    def ml_loss(self, x, mu, x0, noise_pred, t):
+        """J_gamma of eq. 15 as the reference code trains it: mean |x_t - (dx_t)_phi - x*_{t-1}|, the
+        network's Euler-Maruyama mean of eq. 7 against the optimal reverse state (eq. 14), with
+        gamma_t = 1 and L1. mu=None: the denoising SDE."""
+        error = (self.reverse_sde_mean(x, mu, noise_pred, t) - self.optimal_reverse(x, mu, x0, t)).abs()
+        return error.mean()
 
     # ---- denoising start (Sec. 4.3) ----------------------------------------------------------
 
@@ -274,26 +254,12 @@ class IRSDE:
         return int((self.theta_bar - target).abs().argmin())
 
 
-# ---- networks and samplers -------------------------------------------------------------------
-
-def noise_model(net, sde, param="noise"):
-    """Wrap a network as model(x, mu, t) -> noise, x and mu (B, C, H, W), t (B,). param "noise": it
-    predicts the noise (eq. 10). param "x0": it predicts a residual r with x0_hat = mu + r (x + r
-    when mu=None, mu unknown), converted to noise through eq. 6. Anchored at mu, an untrained
-    network already returns the LQ image, and the noise in x never has to be cancelled exactly."""
-    if param == "noise":
-        return net
-    if param != "x0":
-        raise ValueError(f"unknown parameterisation {param!r}: choose noise or x0")
-
-    def model(x, mu, t):
-        return sde.noise_from_x0(x, mu, (x if mu is None else mu) + net(x, mu, t), t)
-    return model
-
+# ---- samplers -----------------------------------------------------------------------------------
 
 def timesteps(sde, steps=None, t_start=None):
-    """Decreasing indices t_start = tau_K > ... > tau_0 = 0, evenly spaced (PAPER.md §7 respacing).
-    steps=None takes every index: the reference's T-step loop."""
+    """Decreasing indices t_start = tau_K > ... > tau_0 = 0. steps=None takes every index: the
+    reference's T-step loop. Fewer steps are evenly spaced (respacing, PAPER.md §7): eq. 14 and
+    every method here hold between any two indices s < t."""
     t_start = sde.T if t_start is None else t_start
     steps = t_start if steps is None else min(steps, t_start)
     return torch.linspace(t_start, 0, steps + 1, dtype=torch.float64).round().long().tolist()
@@ -311,7 +277,7 @@ def _predict(model, sde, x, mu, t, clip_x0):
 
 @torch.no_grad()
 def sample_sde(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=False):
-    """Euler-Maruyama on the reverse IR-SDE (eq. 7); with every index it is the reference's loop."""
+    """Euler-Maruyama on the reverse IR-SDE (eq. 7), the paper's sampler (Sec. 3.2)."""
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
         if callback is not None:  # the state at t and the x0 predicted from it
@@ -333,27 +299,14 @@ def sample_ode(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=Fal
 
 @torch.no_grad()
 def sample_posterior(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=False):
-    """Ancestral sampling from p(x_s | x_t, x0_hat) (eq. 14 and its variance; PAPER.md §7 for s < t - 1)."""
+    """Ancestral sampling from p(x_s | x_t, x0_hat) (eq. 14 and its variance): the sampler of the
+    authors' test configs (their `reverse_posterior`), for every task but denoising."""
     for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
         noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
         if callback is not None:  # the state at t and the x0 predicted from it
             callback(dict(i=i, t=t, s=s, x=x, x0=x0))
         x = sde.posterior_step(x, mu, x0, t, s, generator)  # posterior draw; deterministic at s = 0
     return x
-
-
-@torch.no_grad()
-def sample_ddim(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=False):
-    """Deterministic posterior variant: x_s = m_s(x0_hat) + sqrt(v_s) noise_hat (DDIM, eta = 0; PAPER.md §7)."""
-    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
-        noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
-        if callback is not None:  # the state at t and the x0 predicted from it
-            callback(dict(i=i, t=t, s=s, x=x, x0=x0))
-        x = sde.mean(mu, x0, s) + sde.std(x, s) * noise  # reuse the predicted noise
-    return x
-
-
-SAMPLERS = {"sde": sample_sde, "ode": sample_ode, "posterior": sample_posterior, "ddim": sample_ddim}
 
 
 def _sampler(name):
@@ -370,33 +323,81 @@ def sample(model, sde, mu, steps=None, sampler="posterior", generator=None, **kw
     return run(model, sde, x, mu, timesteps(sde, steps), generator=generator, **kwargs)
 
 
-@torch.no_grad()
-def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, clip_x0=False):
-    """The states a sampler's own chain reaches at the indices t (B,): x_T = mu + lambda z as `sample`
-    starts, then one step of `sampler` along ts at a time for the images whose index lies further
-    down; an index between two of ts ends its chain with a shorter step, from the one above to t
-    itself. Training on them (train.py --t-draw chain, chain-any) shows the network x_t as sampling
-    builds it, from its own earlier x0 predictions rather than from the true x0."""
-    run = _sampler(sampler)
-    x = mu + sde.lam * _randn(mu, generator)
-    # the images each step moves, worked out on the host from one read of t and sent to the device
-    # in one copy: a mask per step would make the host wait for the GPU at every step
-    targets = t.tolist()
-    going = [[b for b, target in enumerate(targets) if target < t_now] for t_now in ts[:-1]]
-    going = [rows for rows in going if rows]  # ts decreases: the empty lists are the last ones
-    if not going:
-        return x
-    moved = torch.tensor([b for rows in going for b in rows], device=x.device).split(list(map(len, going)))
-    for (t_now, s), rows, on_host in zip(zip(ts[:-1], ts[1:]), moved, going):
-        # each image steps to max(s, its index): per image only where one stops short of s
-        stop = t[rows].clamp_min(s) if any(targets[b] > s for b in on_host) else s
-        x[rows] = run(model, sde, x[rows], mu[rows], [t_now, stop], generator=generator, clip_x0=clip_x0)
-    return x
-
-
 def denoise(model, sde, noisy, noise_sigma, steps=None, sampler="ode", generator=None, **kwargs):
     """Gaussian denoising (Sec. 4.3): the noisy image is the state at t*; run the reverse
     process from there with mu=None, mu = x0 unknown (the denoising SDE/ODE, eq. 16)."""
     run = _sampler(sampler)
     ts = timesteps(sde, steps, sde.start_index(noise_sigma))
     return run(model, sde, noisy, None, ts, generator=generator, **kwargs)
+
+
+# ==== beyond the paper: what this project adds ====================================================
+# The paper's recipe restores after 700k GPU steps and 100 network evaluations. These additions make
+# a few-step chain train in minutes (README, "What the presets change"); the respacing itself lives
+# in `timesteps` and in the `s` argument of every IRSDE method above.
+
+@torch.no_grad()
+def sample_ddim(model, sde, x, mu, ts, generator=None, callback=None, clip_x0=False):
+    """Deterministic posterior variant: x_s = m_s(x0_hat) + sqrt(v_s) noise_hat (DDIM, eta = 0; PAPER.md §7).
+    Why: with few steps, a sampler that adds no noise; with mu=None, the denoising task's few-step sampler."""
+    for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+        noise, x0 = _predict(model, sde, x, mu, t, clip_x0)
+        if callback is not None:  # the state at t and the x0 predicted from it
+            callback(dict(i=i, t=t, s=s, x=x, x0=x0))
+        x = sde.mean(mu, x0, s) + sde.std(x, s) * noise  # reuse the predicted noise
+    return x
+
+
+SAMPLERS = {"sde": sample_sde, "ode": sample_ode, "posterior": sample_posterior, "ddim": sample_ddim}
+
+
+def noise_model(net, sde, param="noise"):
+    """Wrap a network as model(x, mu, t) -> noise, x and mu (B, C, H, W), t (B,). param "noise": it
+    predicts the noise (eq. 10, the paper). param "x0": it predicts a residual r with x0_hat = mu + r
+    (x + r when mu=None, mu unknown), converted to noise through eq. 6. Why: anchored at mu, an
+    untrained network already returns the LQ image, and the noise in x never has to be cancelled
+    exactly (x_t's noise, divided by e^{-theta_bar_T} = eps, would swamp an x0 read off a noise guess)."""
+    if param == "noise":
+        return net
+    if param != "x0":
+        raise ValueError(f"unknown parameterisation {param!r}: choose noise or x0")
+
+    def model(x, mu, t):
+        return sde.noise_from_x0(x, mu, (x if mu is None else mu) + net(x, mu, t), t)
+    return model
+
+
+def posterior_ml_loss(sde, x, mu, x0, noise_pred, t):
+    """The ML loss of eq. 15 with the posterior step's mean in place of the Euler-Maruyama one, eq. 14
+    at x0_hat, and gamma_t = 1 / B_t (B_t the coefficient of x0 in eq. 14; 1 - A_t when mu=None):
+    exactly mean |x0_hat - x0|. Why: the paper's step fits an x0_hat that carries x_t's noise near T
+    (PAPER.md §7), and with gamma_t = 1 the steps near T, where B_t ~ eps, hardly train; a few-step
+    chain leans most on the x0 predicted there."""
+    mean = sde.optimal_reverse(x, mu, sde.x0_from_noise(x, mu, noise_pred, t), t)
+    error = (mean - sde.optimal_reverse(x, mu, x0, t)).abs()
+    A, B, _ = sde._reverse_coefficients(x, t, t - 1)
+    return (error / ((1 - A) if mu is None else B)).mean()  # mu=None: x*_{t-1} = A (x_t - x0) + x0
+
+
+@torch.no_grad()
+def chain_states(model, sde, mu, t, ts, sampler="posterior", generator=None, clip_x0=False):
+    """The states a sampler's own chain reaches at the indices t (B,), each one of ts: x_T = mu + lambda z
+    as `sample` starts, then one step of `sampler` along ts at a time for the images whose index lies
+    further down. Why: trained on the forward process, the network learns to copy x0 out of x_t below
+    t of about 50 and the chain then copies its own first guess (PAPER.md §12); trained on these
+    states, it sees x_t as sampling builds it, from its own earlier x0 predictions."""
+    run = _sampler(sampler)
+    x = mu + sde.lam * _randn(mu, generator)
+    # the images each step moves, worked out on the host from one read of t and sent to the device
+    # in one copy: a mask per step would make the host wait for the GPU at every step
+    targets = t.tolist()
+    if not set(targets) <= set(ts[:-1]):
+        raise ValueError(f"chain_states: the indices {sorted(set(targets) - set(ts[:-1]))} are not among {ts[:-1]}")
+    going = [[b for b, target in enumerate(targets) if target < t_now] for t_now in ts[:-1]]
+    going = [rows for rows in going if rows]  # ts decreases: the empty lists are the last ones
+    if not going:
+        return x
+    moved = torch.tensor([b for rows in going for b in rows], device=x.device).split(list(map(len, going)))
+    for (t_now, s), rows in zip(zip(ts[:-1], ts[1:]), moved):
+        x[rows] = run(model, sde, x[rows], mu[rows], [t_now, s], generator=generator, clip_x0=clip_x0)
+    return x

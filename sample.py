@@ -233,7 +233,7 @@ def check_args(args, sde, config):
     args.sampler = args.sampler or config["sampling"]["sampler"]
     args.sample_steps = sampling_steps(args, config["sampling"]["steps"], t_start, start)
     trained = config["args"]
-    if trained.get("t_draw") in ("sampler", "chain") and args.sample_steps != trained.get("sample_steps"):
+    if trained.get("t_draw") == "chain" and args.sample_steps != trained.get("sample_steps"):
         print(f"note: {args.checkpoint} was trained only at the indices of its {trained['sample_steps']} "
               f"sampling step(s) (--t-draw {trained['t_draw']}); --sample-steps {args.sample_steps} also asks "
               "it about indices it never saw")

@@ -43,6 +43,7 @@ import restore
 import tasks
 
 VAL_CROP = 128  # synthetic validation images are 128 x 128 whatever the training crop
+LOG_EVERY = 100  # steps between progress lines
 
 
 def main(argv=None):
@@ -105,11 +106,11 @@ def main(argv=None):
             ema.update_parameters(net)
             step = run.step = step + 1
             last = step == args.iters
-            if last or 0 in (step % args.log_every, step % args.val_every, step % args.save_every):
+            if last or 0 in (step % LOG_EVERY, step % args.val_every):
                 run.check_finite()  # every rank at the same steps, before anything is logged or saved
             if rank != 0:
                 continue
-            if step % args.log_every == 0 or last:
+            if step % LOG_EVERY == 0 or last:
                 log_training(log, args, step, loss, sched.get_last_lr()[0], world, pace.its(step))
             estimate = pace.estimate(step, args.iters, device)
             if estimate:
@@ -120,7 +121,6 @@ def main(argv=None):
                                                                   out, name) for name, val_set in val_sets.items()})
                 ema.module.train()
                 pace.reset(step)  # keep validation out of the steps-per-second figures
-            if step % args.save_every == 0 or last:
                 run.save()
         run.check_finite()  # a signal's save must not keep a non-finite model
     del model  # DDP holds the process group, which finish destroys
@@ -240,45 +240,31 @@ def ignore_stop_signals(worker_id):
 # ---- the loss ----------------------------------------------------------------------------------
 
 def batch_loss(net, sde, args, lq, gt, generator):
-    """The loss of one batch (B, 3, H, W): the ML loss (eq. 15), noise matching (eq. 10) or the CNN
-    baseline. The network runs under bf16 autocast where restore.use_bf16 says so; the SDE
-    arithmetic stays float32."""
+    """The loss of one batch (B, 3, H, W): the paper's training step (PAPER.md §6) draws t uniform on
+    1..T, x_t from the marginal (eq. 6), and takes the ML loss (eq. 15) of the network's noise. Each
+    of this project's variants branches off it once: --loss cnn / noise / ml-posterior, --param x0,
+    --t-draw chain (irsde.py, "beyond the paper"). The network runs under bf16 autocast where
+    restore.use_bf16 says so; the SDE arithmetic stays float32."""
     forward = restore.network(net, gt.device, bf16=restore.use_bf16(gt.device, args.fp32))
-    if args.loss == "cnn":
-        return (F.l1_loss if args.loss_norm == "l1" else F.mse_loss)(lq + forward(lq, None, None), gt)
+    if args.loss == "cnn":  # the paper's CNN baseline: the same network trained with L1 from LQ to HQ
+        return F.l1_loss(lq + forward(lq, None, None), gt)
     mu = lq if tasks.TASKS[args.task].conditional else None  # None: the denoising SDE, mu = x0 (Sec. 4.3)
-    t = draw_indices(sde, args, gt.shape[0], generator, gt.device)
-    model = irsde.noise_model(forward, sde, args.param)
-    if args.t_draw.startswith("chain"):
-        x_t = irsde.chain_states(model, sde, mu, t, irsde.timesteps(sde, args.sample_steps), args.sampler,
-                                 generator, args.clip_x0)
-    else:
-        x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
-    noise_pred = model(x_t, mu, t)
-    if args.loss == "noise":
-        return sde.noise_matching_loss(noise_pred, noise)
-    step = "posterior" if args.loss == "ml-posterior" else "sde"
-    return sde.ml_loss(x_t, mu, gt, noise_pred, t, args.weighting, step, args.loss_norm)
-
-
-def draw_indices(sde, args, n, generator, device):
-    """Training indices t (n,): uniform on 1..T (the paper; --t-draw chain-any), or uniform over the
-    indices the few-step sampler evaluates (timesteps(sde, --sample-steps) without its final 0;
-    --t-draw sampler and chain). A uniform index is on that grid instead with probability
-    --grid-share; each index is then T with probability --first-share."""
-    grid = torch.tensor(irsde.timesteps(sde, args.sample_steps)[:-1], device=device)
-    on_grid = lambda: grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
-    if args.t_draw in ("uniform", "chain-any"):
+    model = irsde.noise_model(forward, sde, args.param)  # --param x0: the network predicts x0 - mu
+    n, device = gt.shape[0], gt.device
+    if args.t_draw == "uniform":  # the paper: t ~ U{1..T}, x_t ~ p(x_t | x0) (eq. 6)
         t = torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
-        if args.grid_share:  # the indices restoration visits, where the chain must refine, not copy
-            moved = on_grid()  # drawn before the coin flips: the order of the screened runs (RESULTS §11)
-            t = torch.where(torch.rand(n, generator=generator, device=device) < args.grid_share, moved, t)
-    else:
-        t = on_grid()
-    if args.first_share:  # the chain copies its first x0 forward: the step at T decides the most
-        first = torch.rand(n, generator=generator, device=device) < args.first_share
-        t = torch.where(first, sde.T, t)
-    return t
+        x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
+    else:  # --t-draw chain: an index restoration visits, x_t where the sampler's own chain stands there
+        ts = irsde.timesteps(sde, args.sample_steps)
+        grid = torch.tensor(ts[:-1], device=device)
+        t = grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
+        x_t = irsde.chain_states(model, sde, mu, t, ts, args.sampler, generator, args.clip_x0)
+    noise_pred = model(x_t, mu, t)  # eps_phi(x_t, mu, t)
+    if args.loss == "ml":  # the paper: eq. 15
+        return sde.ml_loss(x_t, mu, gt, noise_pred, t)
+    if args.loss == "noise":  # the paper's alternative: noise matching, eq. 10
+        return sde.noise_matching_loss(noise_pred, noise)
+    return irsde.posterior_ml_loss(sde, x_t, mu, gt, noise_pred, t)  # --loss ml-posterior: |x0_hat - x0|
 
 
 # ---- checkpointing and stopping ----------------------------------------------------------------

@@ -15,7 +15,7 @@ import tasks
 import train
 
 QUICK = ["--preset", "tiny", "--crop", "16", "--batch", "2", "--T", "10", "--sample-steps", "2", "--iters", "2",
-         "--val-images", "2", "--val-every", "2", "--log-every", "1"]
+         "--val-images", "2", "--val-every", "2"]
 
 
 class ConvNet(nn.Module):

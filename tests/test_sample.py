@@ -39,7 +39,7 @@ def make_config(net, sde, task="derain", loss="ml", param="noise", sampling=None
     sampling = {"sampler": tasks.TASKS[task].sampler, "steps": None, "clip_x0": False, **(sampling or {})}
     return {"task": task, "loss": loss, "param": param, "sde": None if sde is None else sde.config(),
             "net": {"name": "unet", **net.config}, "scale": scale, "sampling": sampling,
-            "args": {"t_draw": "uniform", "loss_norm": "l1", "first_share": 0.0, "grid_share": 0.0}}
+            "args": {"t_draw": "uniform"}}
 
 
 def save_checkpoint(path, task="derain", loss="ml", sde=None, sampling=None, scale=1):
@@ -393,7 +393,7 @@ def test_error_exit_status_from_the_shell(tmp_path):
     assert "error: " in result.stderr and "none.pt: checkpoint not found" in result.stderr
 
 
-# ---- what a run guarantees (issue 11) ------------------------------------------------------------
+# ---- what a run guarantees ------------------------------------------------------------------------
 
 def test_checkpoint_with_zero_sampling_steps_is_refused(tmp_path):
     """train.py once stored --sample-steps 0, which returned the LQ plus noise."""
@@ -493,8 +493,7 @@ def test_steps_beyond_the_available_indices_and_flags_a_cnn_ignores_are_refused(
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["steps"] == 3
 
 
-@pytest.mark.parametrize("t_draw", ["sampler", "chain"])
-def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys, t_draw):
+def test_steps_off_a_sampler_trained_grid_are_run_with_a_note(tmp_path, capsys, t_draw="chain"):
     """--t-draw sampler and chain train only at the indices of the stored steps: other --steps still
     run (a user may want to look), but the output says the network never saw those indices."""
     _, _, config = save_checkpoint(tmp_path / "ckpt.pt", sampling={"steps": 1})
