@@ -1,32 +1,22 @@
 """Benchmarks (never run as tests). Results go in RESULTS.md with the machine that produced them.
 
     python bench.py train [--device cuda] [--compile [MODE]] [--batch 4 16 64]  # images/s, TFLOP/s, MFU
-    python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time vs network evaluations
-    python bench.py chain --checkpoint runs/derain/last.pt   # x0_hat against t: forward process vs the chain
+    python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time against network evaluations
     python bench.py compare --checkpoints runs/a/last.pt runs/b/last.pt  # PSNR-Y, GMSD, colour shift, a picture
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
     python bench.py ablate [--quick] [--fp32] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
-`train` times full training steps (loss, backward, Adam, EMA) of the tiny and paper networks at
-the presets' batch and crop (or --batch), in float32 and, where train.py picks it for the device,
-with bf16 autocast; it counts their FLOPs and the built-in data's rate per loader worker.
-`sample` restores the fixed synthetic validation set with every sampler at 100, 50, 20, 10 and
-5 steps, and counts the network evaluations (NFE) they take. `chain` reports the x0 the network
-predicts at each t, from states of the forward process and from its sampler's own chain
-(PAPER.md §12); `compare` restores the same images with several checkpoints (IR-SDE against
-its CNN baseline) and draws their outputs side by side.
-`reference` runs the authors' ConditionalUNet and IRSDE from a local checkout of their repository
-(Algolzw/image-restoration-sde; nothing is downloaded) next to this code's paper network holding
-the same weights: output agreement, training images/s (batch 4, 128 x 128, ML loss) and seconds
-per 256 x 256 restoration.
-
-`ablate` trains the tiny recipe, its CNN baseline and the former recipes with one change per
-variant (the paper's Fig. 10, Fig. 11, Tables 1-4, and lambda), validates each on the synthetic
-and `unseen` sets, and writes ablate.jsonl and ablate.md in --out (default runs/ablate). A
-finished variant is not retrained; an interrupted one resumes from its last checkpoint. It then
-restores the validation set with every sampler at 1 to 100 steps, and evaluates the denoising
-variant started at t* against the full process. `figures` draws assets/figures/*.png from those.
+`train` times full training steps (loss, backward, Adam, EMA) of presets at their batch and crop (or
+--batch), in float32 and, where train.py picks it, bf16 autocast, and counts their FLOPs. `sample`
+restores the fixed `val` set with each sampler and step count, counting network evaluations (NFE).
+`compare` restores the same images with several checkpoints and
+draws them side by side. `reference` runs the authors' ConditionalUNet and IRSDE from a local checkout
+of their repository (nothing is downloaded) beside this code's paper network with the same weights.
+`ablate` trains the tiny recipe, its CNN baseline and one change per variant (the paper's Fig. 10,
+Fig. 11, Tables 1-4 and lambda), resuming an interrupted variant; then the samplers' sweep and the
+denoising start t* against the full process. `figures` draws assets/figures/*.png from it.
+gpu_check.sh runs the figures that matter on a GPU in one go.
 """
 import argparse
 import importlib
@@ -164,73 +154,33 @@ def loader_rate(targs, n=64):
     return n / (time.perf_counter() - start)
 
 
+def sweep(net, sde, config, pairs, device, samplers, counts, **kwargs):
+    """(sampler, steps, NFE per image, mean metrics, seconds per image) for each sampler and step
+    count over the (lq, gt) pairs, image k restored with a generator seeded k."""
+    net = Counted(net)
+    for sampler, steps in itertools.product(samplers, counts):
+        scores, start, net.calls = [], time.perf_counter(), 0
+        for k, (lq, gt) in enumerate(pairs):
+            restored = restore.restore(net, sde, config, lq[None].to(device), sampler, steps,
+                                       torch.Generator(device).manual_seed(k), **kwargs)
+            scores.append(metrics.evaluate(restored[0].float().cpu(), gt))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        yield sampler, steps, net.calls // len(pairs), metrics.mean(scores), (time.perf_counter() - start) / len(pairs)
+
+
 def bench_sample(args, device):
     net, sde, config = checkpoint.load(args.checkpoint, device)
     check_sweep(args.checkpoint, args.sample_steps, sde, config)
-    net = Counted(net)
-    val_set = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val")
-    pairs = [val_set[k] for k in range(len(val_set))]
+    pairs = list(data.make_dataset(config["task"], crop=train.VAL_CROP, split="val"))
     print(f"| sampler | steps | NFE | PSNR-Y (dB) | PSNR (dB) | s / image | ({machine(device)}, {len(pairs)} images "
           f"{train.VAL_CROP}x{train.VAL_CROP}, {args.checkpoint})")
     print("|---|---|---|---|---|---|")
     inputs = metrics.mean([metrics.evaluate(lq.clamp(0, 1), gt) for lq, gt in pairs])
     print(f"| input (LQ) | 0 | 0 | {inputs['psnr_y']:.2f} | {inputs['psnr']:.2f} | - |")
-    for sampler in args.samplers or list(irsde.SAMPLERS):
-        for steps in args.sample_steps:
-            scores, start, net.calls = [], time.perf_counter(), 0
-            for k, (lq, gt) in enumerate(pairs):
-                generator = torch.Generator(device).manual_seed(k)
-                restored = restore.restore(net, sde, config, lq[None].to(device), sampler=sampler, steps=steps,
-                                           generator=generator)
-                scores.append(metrics.evaluate(restored[0].cpu(), gt))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = (time.perf_counter() - start) / len(pairs)
-            mean = metrics.mean(scores)
-            print(f"| {sampler} | {steps} | {net.calls // len(pairs)} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | "
-                  f"{seconds:.3f} |", flush=True)
-
-
-@torch.no_grad()
-def bench_chain(args, device):
-    """x0_hat against t (PAPER.md §12): PSNR-Y on `val` of the x0 that the network predicts from the
-    state x_t at index t, where x_t comes from the forward process around the GT (eq. 6: what
-    training with uniform indices shows the network) or from the sampler's own chain of n steps
-    from x_T (what restoration shows it; the checkpoint's sampler, or --samplers). Columns: the
-    indices of the smallest step count (contained in the others' for 5, 10, 20, 50 and 100)."""
-    net, sde, config = checkpoint.load(args.checkpoint, device)
-    counts = sorted(args.sample_steps)
-    check_sweep(args.checkpoint, counts, sde, config)
-    model = irsde.noise_model(restore.network(net, device), sde, config.get("param", "noise"))
-    clip = config["sampling"]["clip_x0"]
-    pairs = [(lq[None].to(device), gt) for lq, gt in data.make_dataset(config["task"], crop=train.VAL_CROP,
-                                                                       split="val")]
-    columns = restore.trajectory_steps(sde, config, counts[0])[:-1]
-    psnr_y = lambda x0, gt: metrics.psnr(x0[0].float().clamp(0, 1).cpu(), gt, restore.VAL_BORDER, y=True)
-    mu_of = lambda lq: lq if tasks.TASKS[config["task"]].conditional else None
-    print(f"x0_hat predicted from x_t at index t, PSNR-Y (dB) on `val` ({len(pairs)} images; {args.checkpoint}; "
-          f"{machine(device)}); inputs {sum(psnr_y(lq.clamp(0, 1), gt) for lq, gt in pairs) / len(pairs):.2f}")
-    print("| x_t comes from | " + " | ".join(f"t = {t}" for t in columns) + " | restored x_0 |")
-    print("|---" * (len(columns) + 2) + "|")
-    forward = []
-    for t in columns:
-        scores = []
-        for k, (lq, gt) in enumerate(pairs):
-            index = torch.full((1,), t, dtype=torch.long, device=device)
-            x_t, _ = sde.q_sample(mu_of(lq), gt[None].to(device), index, torch.Generator(device).manual_seed(k))
-            scores.append(psnr_y(irsde._predict(model, sde, x_t, mu_of(lq), t, clip)[1], gt))
-        forward.append(f"{sum(scores) / len(scores):.2f}")
-    print("| the forward process around the GT (eq. 6) | " + " | ".join(forward) + " | - |", flush=True)
-    for sampler, n in itertools.product(args.samplers or [config["sampling"]["sampler"]], counts):
-        at_t, restored = {t: [] for t in columns}, []
-        for k, (lq, gt) in enumerate(pairs):
-            keep = lambda step: step["t"] in at_t and at_t[step["t"]].append(psnr_y(step["x0"], gt))
-            out = restore.restore(net, sde, config, lq, sampler, n, torch.Generator(device).manual_seed(k),
-                                  callback=keep)
-            restored.append(psnr_y(out, gt))
-        cells = [f"{sum(v) / len(v):.2f}" if v else "-" for v in at_t.values()]
-        print(f"| the chain of {n} {sampler} steps | " + " | ".join(cells) +
-              f" | {sum(restored) / len(restored):.2f} |", flush=True)
+    samplers = args.samplers or list(irsde.SAMPLERS)
+    for sampler, steps, nfe, mean, seconds in sweep(net, sde, config, pairs, device, samplers, args.sample_steps):
+        print(f"| {sampler} | {steps} | {nfe} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |", flush=True)
 
 
 def bench_compare(args, device):
@@ -449,32 +399,13 @@ def last_validation(folder):
     return rows[-1], [(r["step"], r["psnr_y"], r.get("unseen_psnr_y")) for r in rows]
 
 
-def mean_psnr_y(images, gts):
-    return sum(metrics.psnr(image, gt, y=True) for image, gt in zip(images.cpu(), gts.cpu())) / len(gts)
-
-
-def restore_batch(net, sde, config, pairs, sampler, steps, device, seed=0, **kwargs):
-    """(mean PSNR-Y, network evaluations) over pairs restored as one batch (one generator, seeded)."""
-    lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
-    generator = torch.Generator(device).manual_seed(seed)
-    net = Counted(net)
-    out = restore.restore(net, sde, config, lq, sampler=sampler, steps=steps, generator=generator, **kwargs)
-    return mean_psnr_y(out, gt), net.calls
-
-
 def nfe_sweep(folder, device, quick):
-    """PSNR-Y on the synthetic validation set against network evaluations, for every sampler."""
+    """PSNR-Y on the `val` images against network evaluations, for every sampler."""
     net, sde, config = checkpoint.load(folder / "last.pt", device)
-    n = config["args"]["val_images"]
-    val_set = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val", n=n)
-    pairs = [val_set[k] for k in range(len(val_set))]
-    rows = []
-    for sampler in irsde.SAMPLERS:
-        for steps in [s for s in NFE if s <= sde.T][: 2 if quick else None]:
-            psnr_y, nfe = restore_batch(net, sde, config, pairs, sampler, steps, device)
-            rows.append(dict(kind="nfe", sampler=sampler, steps=steps, nfe=nfe, psnr_y=psnr_y))
-            print(f"nfe: {sampler:<9} {steps:>3} steps, {nfe:>3} evaluations | PSNR-Y {psnr_y:.2f}", flush=True)
-    return rows
+    pairs = list(data.make_dataset(config["task"], crop=train.VAL_CROP, split="val", n=config["args"]["val_images"]))
+    counts = [n for n in NFE if n <= sde.T][: 2 if quick else None]
+    return [dict(kind="nfe", sampler=sampler, steps=steps, nfe=nfe, psnr_y=mean["psnr_y"])
+            for sampler, steps, nfe, mean, _ in sweep(net, sde, config, pairs, device, irsde.SAMPLERS, counts)]
 
 
 def denoise_starts(folder, device):
@@ -482,44 +413,38 @@ def denoise_starts(folder, device):
     process, which first adds noise to reach the marginal at T (x0 + sqrt(v_T) z; exact in law, as
     x_t* = x0 + sqrt(v_t*) z) and then runs all T steps."""
     net, sde, config = checkpoint.load(folder / "last.pt", device)
-    val_set = data.make_dataset("denoise", crop=train.VAL_CROP, split="val", n=config["args"]["val_images"])
-    pairs = [val_set[k] for k in range(len(val_set))]
+    pairs = list(data.make_dataset("denoise", crop=train.VAL_CROP, split="val", n=config["args"]["val_images"]))
     sigma = tasks.TASKS["denoise"].noise_sigma
     t_star = sde.start_index(sigma)
-    rows = []
-    for sampler in ("ode", "sde"):
-        psnr_y, nfe = restore_batch(net, sde, config, pairs, sampler, t_star, device, noise_sigma=sigma)
-        rows.append(dict(kind="denoise", start=f"t* = {t_star}", sampler=sampler, nfe=nfe, psnr_y=psnr_y))
-    lq, gt = (torch.stack(x).to(device) for x in zip(*pairs))
-    generator = torch.Generator(device).manual_seed(0)
-    v_T = float(sde.v[-1])
-    x_T = lq + (v_T - sigma**2) ** 0.5 * torch.randn(lq.shape, generator=generator, device=device)
+    rows = [dict(kind="denoise", start=f"t* = {t_star}", sampler=sampler, nfe=nfe, psnr_y=mean["psnr_y"])
+            for sampler, _, nfe, mean, _ in sweep(net, sde, config, pairs, device, ("ode", "sde"), [t_star],
+                                                  noise_sigma=sigma)]
     model = irsde.noise_model(restore.network(net, device), sde, config["param"])
     for sampler in ("sde", "ode"):
-        out = irsde._sampler(sampler)(model, sde, x_T, None, irsde.timesteps(sde), generator=generator,
-                                      clip_x0=config["sampling"]["clip_x0"]).clamp(0, 1)
+        scores = []
+        for k, (lq, gt) in enumerate(pairs):
+            generator = torch.Generator(device).manual_seed(k)
+            x_T = lq[None].to(device) + (float(sde.v[-1]) - sigma**2) ** 0.5 * irsde._randn(lq[None], generator)
+            out = irsde.SAMPLERS[sampler](model, sde, x_T, None, irsde.timesteps(sde), generator=generator,
+                                          clip_x0=config["sampling"]["clip_x0"])
+            scores.append(metrics.psnr(out[0].clamp(0, 1).cpu(), gt, y=True))
         rows.append(dict(kind="denoise", start=f"T = {sde.T}", sampler=sampler, nfe=sde.T,
-                         psnr_y=mean_psnr_y(out, gt)))
-    rows.append(dict(kind="denoise", start="input", sampler="-", nfe=0, psnr_y=mean_psnr_y(lq.clamp(0, 1), gt)))
-    return rows
+                         psnr_y=sum(scores) / len(scores)))
+    inputs = sum(metrics.psnr(lq.clamp(0, 1), gt, y=True) for lq, gt in pairs) / len(pairs)
+    return rows + [dict(kind="denoise", start="input", sampler="-", nfe=0, psnr_y=inputs)]
 
 
 def ablation_table(rows):
-    """Markdown: one line per run, then the samplers' sweep and the denoising starts."""
+    """Markdown: one line per run (the inputs first), then the samplers' sweep and the denoising starts."""
+    scores = lambda s, of="": f"{s['psnr_y' + of]:.2f} / {s['psnr' + of]:.2f} / {s['ssim' + of]:.3f}"
     lines = ["| variant | seed | steps | `val` PSNR-Y / PSNR / SSIM | `unseen` PSNR-Y / PSNR / SSIM "
              "| worst colour shift (/255) | train s |", "|---|---|---|---|---|---|---|"]
     runs = [r for r in rows if r["kind"] == "run"]
     if runs:
-        v = runs[0]["val"]
-        lines.append(f"| input (LQ) | | | {v['psnr_y_input']:.2f} / {v['psnr_input']:.2f} / {v['ssim_input']:.3f} "
-                     f"| {runs[0]['unseen'].get('psnr_y_input', float('nan')):.2f} / "
-                     f"{runs[0]['unseen'].get('psnr_input', float('nan')):.2f} / "
-                     f"{runs[0]['unseen'].get('ssim_input', float('nan')):.3f} | {v.get('shift_max_input', float('nan')):.1f} | |")
-    for r in runs:
-        v, u = r["val"], r["unseen"]
-        unseen = f"{u['psnr_y']:.2f} / {u['psnr']:.2f} / {u['ssim']:.3f}" if u else "-"
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['step']} | {v['psnr_y']:.2f} / {v['psnr']:.2f} / "
-                     f"{v['ssim']:.3f} | {unseen} | {v.get('shift_max', float('nan')):.1f} | {r['wall_s']:.0f} |")
+        v, u = runs[0]["val"], runs[0]["unseen"]
+        lines.append(f"| input (LQ) | | | {scores(v, '_input')} | {scores(u, '_input')} | {v['shift_max_input']:.1f} | |")
+    lines += [f"| {r['variant']} | {r['seed']} | {r['step']} | {scores(r['val'])} | {scores(r['unseen'])} | "
+              f"{r['val']['shift_max']:.1f} | {r['wall_s']:.0f} |" for r in runs]
     nfe = [r for r in rows if r["kind"] == "nfe"]
     if nfe:
         counts = sorted({r["nfe"] for r in nfe})
@@ -635,7 +560,7 @@ def save_figure(fig, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "sample", "chain", "compare", "reference", "ablate", "figures"])
+    p.add_argument("what", choices=["train", "sample", "compare", "reference", "ablate", "figures"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", nargs="?", const="default", choices=flags.COMPILE_MODES,
                    help="torch.compile the network, in this mode (train; reduce-overhead: CUDA graphs)")
@@ -644,13 +569,12 @@ def main(argv=None):
                    "a measured matmul)")
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="train.py presets to time (train)")
     p.add_argument("--checkpoint", help="checkpoint to sample from (sample)")
-    p.add_argument("--reference", help="checkout of Algolzw/image-restoration-sde (reference)")
+    p.add_argument("--reference", help="a clone of the authors' repository, Algolzw/image-restoration-sde (reference)")
     p.add_argument("--checkpoints", nargs="*", help="checkpoints to compare (compare)")
     p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS),
-                   help="samplers (sample: default all; chain: default the checkpoint's)")
+                   help="samplers (sample; default: all)")
     p.add_argument("--sample-steps", "--steps", type=int, nargs="*",
-                   help="step counts (sample, chain; default 100 50 20 10 5); compare: the first (default: each "
-                   "model's own)")
+                   help="step counts (sample; default 100 50 20 10 5); compare: the first (default: each model's own)")
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")
     p.add_argument("--iters", type=int, help="training steps per variant (ablate; default: the tiny preset's)")
     p.add_argument("--net", help="network preset of every variant (ablate; default: the tiny recipe's)")
@@ -660,22 +584,15 @@ def main(argv=None):
     p.add_argument("--out", help="ablation folder (ablate, figures; default runs/ablate)")
     p.add_argument("--figures", default="assets/figures", help="where figures writes its PNG files")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
-    if args.what == "sample" and not args.checkpoint:
-        p.error("sample needs --checkpoint")
-    if args.sample_steps is None and args.what in ("sample", "chain"):
+    needs = {"sample": "checkpoint", "compare": "checkpoints", "reference": "reference"}
+    if args.what in needs and not getattr(args, needs[args.what]):
+        p.error(f"{args.what} needs --{needs[args.what]}")
+    if args.sample_steps is None and args.what == "sample":
         args.sample_steps = [100, 50, 20, 10, 5]
-    if args.what == "reference" and not args.reference:
-        p.error("reference needs --reference PATH (a checkout of the authors' repository)")
-    if args.what == "chain" and not args.checkpoint:
-        p.error("chain needs --checkpoint")
-    if args.what == "compare" and not args.checkpoints:
-        p.error("compare needs --checkpoints A [B ...]")
-    run = {"train": bench_train, "sample": bench_sample, "chain": bench_chain, "compare": bench_compare,
-           "reference": bench_reference,
-           "ablate": bench_ablate, "figures": bench_figures}[args.what]
+    run = {"train": bench_train, "sample": bench_sample, "compare": bench_compare,
+           "reference": bench_reference, "ablate": bench_ablate, "figures": bench_figures}[args.what]
     try:
-        run(args, device)
+        run(args, torch.device(args.device))
     except (data.DataError, flags.UsageError) as e:
         raise SystemExit(f"error: {e}")
 

@@ -9,10 +9,11 @@ weights_only=True (plain data and tensors: a file that would run code is refused
                           rebuild the model, `sampling` restores as validation did, `scale` is the
                           SR factor training upsampled its LQ images by, `args` every train.py flag
 
-The network contract: net(x, mu, t) -> (B, 3, H, W) for x, mu (B, 3, H, W) and t (B,) integer
-indices, mu None where the network is unconditional; net.config holds the keyword arguments that
-rebuild it. config["net"] is {"name": a key of NETWORKS, **net.config}. A new network is one
-class in NETWORKS and its presets (the --net choices) in NETS.
+The network contract: a class in NETWORKS, built as cls(cond=..., **preset) (cond: whether it sees
+mu; False for the denoising SDE and the CNN baseline), sets net.config to the keyword arguments that
+rebuild it, and computes net(x, mu, t) -> (B, 3, H, W) for x, mu (B, 3, H, W) and t (B,) integer
+indices, mu None when cond is False and t None for the CNN baseline (one pass from LQ to HQ).
+config["net"] is {"name": a key of NETWORKS, **net.config}; its presets (the --net choices) are NETS.
 """
 import random
 from pathlib import Path
@@ -43,7 +44,13 @@ def build(args, device, saved=None):
 
 def network(saved):
     """The untrained network a checkpoint's config["net"] ({"name": ..., **constructor arguments}) names."""
-    return NETWORKS[saved["name"]](**{k: v for k, v in saved.items() if k != "name"})
+    cls, kwargs = NETWORKS[saved["name"]], {k: v for k, v in saved.items() if k != "name"}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a fork's class that does not keep the contract
+        raise TypeError(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): a network in "
+                        "checkpoint.NETWORKS is built with its preset's keyword arguments plus cond (bool: whether "
+                        f"it sees mu) and sets net.config to rebuild it ({e})") from e
 
 
 def make_config(args, net, sde, scale=1):
@@ -88,6 +95,16 @@ def resume_state(ckpt, net, ema, opt, sched, generator):
         torch.cuda.set_rng_state_all(state["cuda"])
     generator.set_state(state["train"])
     return ckpt["step"]
+
+
+def init_from(net, path, task):
+    """Copy the weights of a train.py checkpoint or of the authors' .pth into net (fine-tuning)."""
+    source = load(path, "cpu", task)[0]
+    arch = lambda config: {k: v for k, v in config.items() if k != "zero_out"}  # zero_out: init only
+    if type(source) is not type(net) or arch(source.config) != arch(net.config):
+        raise DataError(f"{path}: its network {arch(source.config)} is not this run's "
+                        f"{arch(net.config)}; choose the matching --net (the authors' is paper)")
+    net.load_state_dict(source.state_dict())
 
 
 def read(path, plain_ok=False):
@@ -186,6 +203,8 @@ def reference_model(state_dict, path, task, device):
     """(net, sde, config) for the authors' weights: their network (unet.from_reference_state_dict),
     the SDE of their test config for `task`, and their sampler over every index."""
     row = tasks.TASKS[task]
+    if row.reference is None:
+        raise DataError(f"{path}: the authors released no weights for {task} (tasks.py has no test config for it)")
     try:
         net = unet.from_reference_state_dict(state_dict, "derain" if row.conditional else "denoise")
     except (TypeError, ValueError) as e:

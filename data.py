@@ -1,25 +1,19 @@
-"""Data for IR-SDE (PAPER.md section 9): image I/O, dataset folders, datasets.
-
-Images are float32 torch tensors (3, H, W) in [0, 1] throughout.
-
-I/O: `load_image` / `save_image`, `list_images` (a file or a folder's images), and the
-one place that writes files safely: `atomic_write` (temp file + os.replace) and
-`check_writable` (an output folder can be created and written).
-Real data: `find_pairs` / `PairedFolder` read the layouts users have on disk (section 9):
+"""Data for IR-SDE (PAPER.md section 9): image I/O (files are written only through `atomic_write`),
+dataset folders and the built-in synthetic data. Images are float32 torch tensors (3, H, W) in
+[0, 1] throughout. `find_pairs` / `PairedFolder` read the layouts users have on disk:
   "gtlq"    <root>/GT/* and <root>/LQ/*, paired by file stem (the reference code's layout);
   "rain100" Rain100H/L as distributed by PReNet: rain-N.png / norain-N.png in one folder,
             or rain/ (or rainy/) and norain/ subfolders;
   "gopro"   <root>/<scene>/blur/*.png and <root>/<scene>/sharp/*.png (or root = one scene).
-Synthetic data: `SyntheticPairs` degrades clean images (synthetic.py's generators and crops of
-the photographs in assets/) with each task's degradations (tasks.py). Splits: "train", "val"
-(fixed; the paper's settings) and "unseen" (fixed; degradations and photographs training never
-uses). `TRAIN_PHOTOS` are used for training only; `VAL_PHOTOS` and `UNSEEN_PHOTOS` are held out.
+`SyntheticPairs` degrades synthetic.py's clean images and crops of the photographs in assets/
+with each task's degradations (tasks.py).
 """
 import os
 import re
+import signal
 import tempfile
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import lru_cache
 from pathlib import Path
 
@@ -37,8 +31,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SPLITS = ("train", "val", "unseen")
 TRAIN_PHOTOS = ("astronaut.png", "coffee.png", "camera.png", "ihc.png", "coins.png", "text.png",
                 "brick.png", "grass.png", "gravel.png")
-VAL_PHOTOS = ("chelsea.png",)  # held out: the val set only
-UNSEEN_PHOTOS = ("rocket.png", "chelsea.png")  # held out: the unseen set only (and val)
+VAL_PHOTOS = ("chelsea.png",)  # held out from training, like UNSEEN_PHOTOS
+UNSEEN_PHOTOS = ("rocket.png", "chelsea.png")
 VAL_SEED = 12345  # the validation set never depends on the user's seed
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_TRAIN_LEN = 1000  # nominal epoch length of the synthetic training set
@@ -46,8 +40,7 @@ DEFAULT_VAL_LEN = 8
 
 
 class DataError(ValueError):
-    """Bad input data, or an output that cannot be written; the message names the file or
-    folder and the problem."""
+    """Bad input data, or an output that cannot be written; the message names the file or folder."""
 
 
 # ----------------------------------------------------------------------------- image I/O
@@ -55,42 +48,45 @@ class DataError(ValueError):
 def load_image(path):
     """Read an image file as a float32 (3, H, W) tensor in [0, 1].
 
-    Greyscale is repeated to 3 channels; an alpha channel is dropped (not composited), as
-    the reference code's cv2 reader does; palette images are expanded; 16-bit greyscale
-    (Pillow modes I;16* and I) is divided by 65535. Pillow reduces 16-bit RGB PNGs to 8 bits
-    while decoding. EXIF orientation is ignored, as in the reference code.
+    As the reference code's cv2 reader does, an alpha channel is dropped (not composited) and EXIF
+    orientation is ignored. Greyscale is repeated to 3 channels, palettes are expanded, 16-bit
+    greyscale (Pillow modes I;16* and I) is divided by 65535; Pillow decodes 16-bit RGB to 8 bits.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = _to_float_rgb(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def _to_float_rgb(im):
-    """HxWx3 float32 array in [0, 1] from a decoded PIL image of any mode."""
-    if im.mode.startswith("I"):
-        arr = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
-    elif im.mode == "F":
-        arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-    else:
-        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    with _decoding(path) as im:
+        im.load()
+        if im.mode.startswith("I"):
+            arr = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
+        elif im.mode == "F":
+            arr = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        else:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(arr)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+@contextmanager
+def _decoding(path):
+    """Image.open(path), any decoding error raised as DataError "<path>: cannot decode image"."""
+    try:
+        with Image.open(path) as im:
+            yield im
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from e
+
+
+def image_size(path):
+    """(width, height) from the file header only (cheap)."""
+    with _decoding(path) as im:
+        return im.size
 
 
 def save_image(img, path):
-    """Write a (3, H, W) image in [0, 1] as 8 bits (clamp, round), atomically.
-
-    The format follows the suffix (PNG when unknown). Written with `atomic_write`, so a
-    reader never sees half a file; the parent folder is created when missing.
-    """
+    """Write a (3, H, W) image in [0, 1] as 8 bits (clamp, round) with atomic_write, in the format
+    of the suffix (PNG when unknown)."""
     path = Path(path)
     img = torch.as_tensor(img).detach().cpu().float()
     if img.ndim == 4 and img.shape[0] == 1:
@@ -111,8 +107,8 @@ def quantize(img):
 
 
 def list_images(path):
-    """[path] for a file, else the folder's image files (IMAGE_EXTS, hidden files skipped)
-    in sorted name order; DataError when the path does not exist or the folder has none."""
+    """[path] for a file, else the folder's image files (IMAGE_EXTS, hidden files skipped) sorted by
+    name; DataError when the path does not exist or the folder has none."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -125,19 +121,12 @@ def list_images(path):
     return files
 
 
-# ----------------------------------------------------------------------------- writing files
-
 def atomic_write(path, write, fsync=False):
-    """Write `path` all at once: a reader sees the old file or the new one, never half.
-
-    `write(f)` gets a binary file object opened on a new hidden temporary file next to
-    `path` (".<name>.<pid>.<random>.tmp", created exclusively); the file is then moved
-    into place with os.replace (after os.fsync when `fsync`). The parent folder is created
-    when missing. On any failure (an exception from `write`, a full disk, KeyboardInterrupt)
-    the temporary file is removed, the target is left untouched and the error re-raised;
-    an OSError becomes a DataError "<path>: cannot write (<reason>)" with the OSError as
-    its __cause__. Example: atomic_write(path, lambda f: torch.save(state, f)).
-    """
+    """Write `path` all at once, e.g. atomic_write(path, lambda f: torch.save(state, f)), so that a
+    reader sees the old file or the new one, never half: `write(f)` fills a hidden temporary file
+    next to `path`, which os.replace moves into place (after os.fsync when `fsync`). On any failure
+    the temporary file is removed, the target left untouched and the error re-raised, an OSError
+    as DataError "<path>: cannot write (<reason>)"."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     created = False
@@ -155,18 +144,13 @@ def atomic_write(path, write, fsync=False):
         raise DataError(f"{path}: cannot write ({e.strerror or e})") from e
     finally:
         if created:
-            try:
+            with suppress(OSError):  # e.g. the folder was removed meanwhile; the original error matters
                 tmp.unlink(missing_ok=True)
-            except OSError:
-                pass  # e.g. the folder was removed meanwhile; the original error matters
 
 
 def check_writable(folder, what="this folder"):
-    """Create `folder` (and its parents) and probe-write a temporary file in it.
-
-    DataError "<folder>: cannot write to <what> (<reason>)" when either fails, so a run
-    can stop before doing any work. Returns the folder as a Path.
-    """
+    """Create `folder` and probe-write a file in it, so that a run can stop before doing any work;
+    DataError "<folder>: cannot write to <what> (<reason>)" when either fails. Returns a Path."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -179,17 +163,12 @@ def check_writable(folder, what="this folder"):
 # ----------------------------------------------------------------------------- folders
 
 def find_pairs(root, layout="auto", scale=1):
-    """Sorted list of (lq_path, gt_path) in a dataset folder, validated.
-
-    layout: "auto" (detect), "gtlq", "rain100" or "gopro" (see the module docstring).
-    Names must match (stems; an LQ stem may carry an "x4"-style suffix), counts must agree,
-    and every LQ image must be GT size // scale (header reads only; scale=None infers one
-    integer scale from the first pair). Rain100 only: GT images without a rainy partner are
-    skipped, because PReNet's RainTrainH has norain-N files whose rain-N was deleted (its
-    own loader skips them the same way).
-    """
-    root = Path(root)
-    pairs = _layout_pairs(root, layout)
+    """Sorted (lq_path, gt_path) pairs of a folder in `layout` ("auto": detected; see the module
+    docstring). Names must match (an LQ stem may carry an "x4"-style suffix) and every LQ image must
+    be GT size // scale (header reads only; scale=None infers one from the first pair). Rain100
+    only: GT images without a rainy partner are skipped, as PReNet's own loader does, because its
+    RainTrainH has norain-N files whose rain-N was deleted."""
+    pairs = _layout_pairs(Path(root), layout)
     check_sizes(pairs, scale)
     return pairs
 
@@ -229,10 +208,7 @@ def _require_dir(path):
 
 def _subdir(root, name):
     """Child folder of `root` named `name` (case-insensitive), or None."""
-    for child in sorted(root.iterdir()):
-        if child.is_dir() and child.name.lower() == name.lower():
-            return child
-    return None
+    return next((c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() == name.lower()), None)
 
 
 def _images(folder):
@@ -246,7 +222,7 @@ def _natural(key):
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", key)]
 
 
-def _keyed(files, key):
+def _keyed(files, key=lambda p: p.stem):
     """{key(file): file}; DataError when two files share a key (e.g. a.png and a.jpg)."""
     out = {}
     for f in files:
@@ -273,10 +249,9 @@ def _match(lq, gt, lq_dir, gt_dir, skip_gt_only=False):
 
 def _gtlq_pairs(root):
     gt_dir, lq_dir = _subdir(root, "GT") or root / "GT", _subdir(root, "LQ") or root / "LQ"
-    gt = _keyed(_images(gt_dir), lambda p: p.stem)
+    gt = _keyed(_images(gt_dir))
     # DIV2K names its bicubic LQ 0001x4.png for GT 0001.png
-    lq = _keyed(_images(lq_dir),
-                lambda p: p.stem if p.stem in gt else re.sub(r"x\d+$", "", p.stem))
+    lq = _keyed(_images(lq_dir), lambda p: p.stem if p.stem in gt else re.sub(r"x\d+$", "", p.stem))
     return _match(lq, gt, lq_dir, gt_dir)
 
 
@@ -332,18 +307,8 @@ def _gopro_pairs(root):
     pairs = []
     for scene in scenes:
         blur, sharp = scene / "blur", scene / "sharp"
-        pairs += _match(_keyed(_images(blur), lambda p: p.stem),
-                        _keyed(_images(sharp), lambda p: p.stem), blur, sharp)
+        pairs += _match(_keyed(_images(blur)), _keyed(_images(sharp)), blur, sharp)
     return pairs
-
-
-def image_size(path):
-    """(width, height) from the file header only (cheap)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: cannot decode image ({e})") from e
 
 
 def check_sizes(pairs, scale):
@@ -370,17 +335,27 @@ def fit_gt(gt, lq, scale, lq_path, gt_path):
     return gt[:, :lq.shape[1] * scale, :lq.shape[2] * scale]
 
 
-class PairedFolder(Dataset):
+class _Pairs(Dataset):
+    """Pair idx of epoch e is ds[(e, idx)], or ds[idx] after set_epoch(e); its randomness is drawn
+    from np.random.default_rng([seed, e, idx])."""
+    epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __getitem__(self, key):
+        with _single_threaded():
+            return self._pair(*_epoch_index(key, len(self), self.epoch))
+
+
+class PairedFolder(_Pairs):
     """(lq, gt) pairs from a dataset folder (layouts: see find_pairs).
 
-    crop=None: whole images, no randomness (validation / test). crop=int: a random aligned
-    crop (GT crop x crop, LQ crop // scale), then, if `augment`, one of the 8 flips/90-degree
-    rotations (section 8). A GT image smaller than the crop is refused (padding it would train
-    on reflections that no test image has). For scale > 1 the LQ is upsampled bicubically to
-    the GT size, as the reference code feeds SR inputs (section 9), so lq and gt have the
-    same shape; GT sides that are not multiples of scale are cropped ("modcrop").
-    Randomness: np.random.default_rng([seed, epoch, idx]); index it with (epoch, idx), or call
-    set_epoch(e) every epoch.
+    crop=None: whole images, no randomness (validation / test). crop=int: a random aligned crop
+    (GT crop x crop, LQ crop // scale), then, if `augment`, one of the 8 flips/90-degree rotations
+    (section 8); a GT image smaller than the crop is refused, as padding it would train on
+    reflections that no test image has. For scale > 1 the LQ is upsampled bicubically to the GT
+    size, as the reference code feeds SR inputs, and GT sides are cut to multiples of scale.
     """
 
     def __init__(self, root, crop=None, seed=0, layout="auto", scale=1, augment=True):
@@ -392,30 +367,25 @@ class PairedFolder(Dataset):
                             f"{self.scale}, got {crop!r}")
         sides = [min(image_size(gt)) for _, gt in self.pairs] if crop is not None else []
         small = [gt for (_, gt), side in zip(self.pairs, sides) if side < crop]
-        if small:  # padding them would train on reflections that no test image has
+        if small:
             w, h = image_size(small[0])
             raise DataError(f"{small[0]}: {w}x{h}, smaller than the training crop {crop} ({len(small)} of "
                             f"{len(self.pairs)} GT images are); train with --crop {min(sides)} or less, or leave "
                             "those images out")
-        self.crop, self.seed, self.augment, self.epoch = crop, seed, augment, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+        self.crop, self.seed, self.augment = crop, seed, augment
 
     def __len__(self):
         return len(self.pairs)
-
-    def __getitem__(self, key):
-        with _single_threaded():
-            return self._pair(*_epoch_index(key, len(self), self.epoch))
 
     def _pair(self, epoch, idx):
         lq_path, gt_path = self.pairs[idx]
         lq, s = load_image(lq_path), self.scale
         gt = fit_gt(load_image(gt_path), lq, s, lq_path, gt_path)
-        if self.crop is not None:
+        if self.crop is not None:  # aligned: GT crop x crop, LQ (crop // scale)^2
             rng = np.random.default_rng([self.seed, epoch, idx])
-            lq, gt = _paired_crop(lq, gt, self.crop, s, rng)
+            c = self.crop // s
+            y, x = int(rng.integers(lq.shape[1] - c + 1)), int(rng.integers(lq.shape[2] - c + 1))
+            lq, gt = lq[:, y:y + c, x:x + c], gt[:, y * s:(y + c) * s, x * s:(x + c) * s]
         if s > 1:
             lq = upsample(lq, gt.shape[-2:])
         if self.crop is not None and self.augment:
@@ -426,12 +396,8 @@ class PairedFolder(Dataset):
 
 @contextmanager
 def _single_threaded():
-    """Run torch ops on one intra-op thread, then restore the setting.
-
-    The tensors here are small: extra threads only add overhead, and on a busy machine
-    (another process on a core) they made each pair ~30x slower (5 ms -> 170 ms measured
-    on 2 cores). DataLoader workers are single-threaded already; this covers num_workers=0.
-    """
+    """Run torch ops on one thread (as DataLoader workers do), then restore the setting: on tensors
+    this small, extra threads only add overhead, ~30x on a busy 2-core machine."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -442,20 +408,40 @@ def _single_threaded():
 
 def _epoch_index(key, n, epoch):
     """(epoch, index) from an index (at the epoch of set_epoch) or an (epoch, index) pair: a loader's
-    sampler chooses the epoch that way, which reaches worker processes where set_epoch does not."""
+    sampler passes the epoch that way, which reaches worker processes where set_epoch does not."""
     epoch, idx = key if isinstance(key, tuple) else (epoch, key)
     if not -n <= idx < n:
         raise IndexError(f"index {idx} out of range for a dataset of {n} pairs")
     return int(epoch), int(idx) % n
 
 
-def _paired_crop(lq, gt, crop, scale, rng):
-    """Random crop at the same place: GT crop x crop, LQ (crop // scale)^2."""
-    c = crop // scale
-    y = int(rng.integers(lq.shape[1] - c + 1))
-    x = int(rng.integers(lq.shape[2] - c + 1))
-    return (lq[:, y:y + c, x:x + c],
-            gt[:, y * scale:(y + c) * scale, x * scale:(x + c) * scale])
+def sample_order(n, seed, rank=0, world=1, start=0):
+    """train.py's loader order: (epoch, index) pairs without end, one seeded permutation of the n pairs
+    per epoch, dealt round-robin to the ranks, from this rank's `start`-th sample on (a resumed run
+    sees the same batches)."""
+    position = start * world + rank
+    while True:
+        epoch = position // n
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        while position // n == epoch:
+            yield epoch, int(order[position % n])
+            position += world
+
+
+def ignore_stop_signals(worker_id):
+    """Loader workers ignore Ctrl-C and SIGTERM: sent to the whole process group (a terminal, timeout,
+    SLURM, docker stop), they would kill the workers and the run with them. The main process stops
+    the run; the workers end with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def export_pairs(pairs, folder):
+    """Write a dataset's (lq, gt) pairs as <folder>/LQ/000.png and <folder>/GT/000.png, ..."""
+    for k in range(len(pairs)):
+        lq, gt = pairs[k]
+        save_image(lq.clamp(0, 1), folder / "LQ" / f"{k:03d}.png")
+        save_image(gt, folder / "GT" / f"{k:03d}.png")
 
 
 def dihedral(img, k):
@@ -464,11 +450,11 @@ def dihedral(img, k):
     return (img.flip(2) if k >= 4 else img).contiguous()
 
 
-# ----------------------------------------------------------------------------- shipped photographs
+# ----------------------------------------------------------------------------- synthetic pairs
 
 @lru_cache(maxsize=None)
 def _photo(name):
-    """A shipped photograph as an RGB PIL image (cached; loaded once per process)."""
+    """A shipped photograph as an RGB PIL image, loaded once per process."""
     path = ASSETS / name
     load_image(path)  # same checks and error messages as for user data
     with Image.open(path) as im:
@@ -476,11 +462,8 @@ def _photo(name):
 
 
 def _photo_crop(name, crop, rng):
-    """Random crop x crop patch of a shipped photo, zoomed out by a random factor in [1, 2].
-
-    Pillow resamples 8-bit images in fixed-point arithmetic, so the patch is bit-identical
-    on every machine.
-    """
+    """Random crop x crop patch of a shipped photo, zoomed out by a random factor in [1, 2]; Pillow
+    resamples 8-bit images in fixed-point arithmetic, so it is bit-identical on every machine."""
     im = _photo(name)
     side = min(int(round(crop * rng.uniform(1.0, 2.0))), im.width, im.height)
     x, y = int(rng.integers(im.width - side + 1)), int(rng.integers(im.height - side + 1))
@@ -489,13 +472,12 @@ def _photo_crop(name, crop, rng):
     return torch.from_numpy(np.asarray(patch, np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
-# ----------------------------------------------------------------------------- task -> degradation
-
 def degrade(task, clean, rng, split="val"):
-    """Low-quality version of `clean` for `task` as drawn for `split` (its row of tasks.TASKS).
-    "val" is the default: the paper's settings, the fixed validation sets' degradations."""
+    """Low-quality version of `clean` for `task` as drawn for `split` (its row of tasks.TASKS; an
+    unseen degradation of None is the val one). The default "val" is the paper's setting."""
     _check(task, split)
-    return getattr(tasks.TASKS[task], split)(clean, rng)
+    row = tasks.TASKS[task]
+    return (getattr(row, split) or row.val)(clean, rng)
 
 
 def _check(task, split):
@@ -503,27 +485,24 @@ def _check(task, split):
         raise DataError(f"unknown task {task!r}; expected one of {', '.join(tasks.TASKS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    seed = tasks.TASKS[task].val_seed
+    shared = [name for name, row in tasks.TASKS.items() if row.val_seed == seed and name != task]
+    if shared:  # the two tasks' fixed sets would hold the same draws
+        raise DataError(f"tasks.TASKS[{task!r}].val_seed {seed} is also {', '.join(shared)}'s: each task's "
+                        "fixed val and unseen sets need a seed of their own")
 
 
-# ----------------------------------------------------------------------------- synthetic pairs
+class SyntheticPairs(_Pairs):
+    """n (lq, gt) pairs, both (3, crop, crop): clean images degraded by degrade(task, ..., split).
 
-class SyntheticPairs(Dataset):
-    """(lq, gt) pairs made by degrading clean crop x crop images, both (3, crop, crop).
-
-    split="train": clean = a random zoomed crop of a TRAIN_PHOTOS photo (p 0.4), a
-    dead-leaves image (p 0.3) or a procedural image (synthetic.procedural: smooth regions
-    with edges, gratings, polygons, mixtures; p 0.3), then one of 8 flips/rotations, then
-    degraded with the training ranges (degrade(..., "train")); all drawn from
-    np.random.default_rng([seed, epoch, idx]); n is the nominal epoch length.
-    split="val": n fixed images (even idx: crops of VAL_PHOTOS, odd idx: dead leaves),
-    degraded with the paper's settings (degrade(..., "val")).
-    split="unseen": n fixed crops of UNSEEN_PHOTOS (never used for training), degraded by
-    models training never uses (degrade(..., "unseen"), e.g. rain_drops for derain).
-    val and unseen are drawn from seeds derived from VAL_SEED only (not from `seed`), whose
-    4-word seed sequences can never equal a training one (for seeds below 2**32), so each
-    set is the same on every run and disjoint from training data. Clean images are the
-    same for every task. GT and LQ are rounded to 8 bits like images read from PNG files,
-    except a noisy input (a task with a noise level: denoising), which stays unclamped floating point.
+    "train": clean = a random zoomed crop of a TRAIN_PHOTOS photo (p 0.4), dead leaves (p 0.3) or
+    a synthetic.procedural image (p 0.3), then one of the 8 flips/rotations; n is the nominal epoch
+    length. "val": fixed; even idx crops of VAL_PHOTOS, odd idx dead leaves. "unseen": fixed crops
+    of UNSEEN_PHOTOS. val and unseen ignore `seed` and the epoch: their 4-word seed sequences from
+    VAL_SEED never equal a training one (for seeds below 2**32), so each set is the same on every
+    run and disjoint from training data; their clean images are the same for every task. GT and LQ
+    are rounded to 8 bits like images read from PNG files, except a noisy input (denoising), which
+    stays unclamped floating point, as noise is.
     """
 
     def __init__(self, task, n, crop, seed=0, split="train"):
@@ -531,30 +510,20 @@ class SyntheticPairs(Dataset):
         if int(n) != n or n < 1 or int(crop) != crop or crop < 8:
             raise DataError(f"need n >= 1 and crop >= 8, got n={n!r}, crop={crop!r}")
         self.task, self.n, self.crop, self.seed, self.split = task, int(n), int(crop), seed, split
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        """Select the training epoch (the val and unseen sets ignore it)."""
-        self.epoch = int(epoch)
 
     def __len__(self):
         return self.n
 
-    def __getitem__(self, key):
-        with _single_threaded():
-            return self._pair(*_epoch_index(key, self.n, self.epoch))
-
     def _pair(self, epoch, idx):
         if self.split == "train":
             rng = np.random.default_rng([self.seed, epoch, idx])
-            clean = self._train_clean(rng)
-            clean = dihedral(clean, int(rng.integers(8)))
+            clean = dihedral(self._train_clean(rng), int(rng.integers(8)))
         else:
             tag = SPLITS.index(self.split)  # 1 (val) or 2 (unseen)
             clean = self._held_out_clean(idx, tag)
             rng = np.random.default_rng([VAL_SEED, idx, tasks.TASKS[self.task].val_seed, tag])
         lq = degrade(self.task, clean, rng, self.split)
-        noisy = tasks.TASKS[self.task].noise_sigma is not None  # stays floating point, as noise is
+        noisy = tasks.TASKS[self.task].noise_sigma is not None
         return (lq if noisy else quantize(lq)), clean
 
     def _train_clean(self, rng):
@@ -575,21 +544,17 @@ class SyntheticPairs(Dataset):
 
 
 def make_dataset(task, root=None, crop=128, seed=0, split="train", n=None, scale=None):
-    """PairedFolder(root) when root is given, else SyntheticPairs.
-
-    Folders: split="train" gives random crops with augmentation, split="val" whole images;
-    "unseen" is an error (it exists for the built-in data only); n is ignored; scale
-    defaults to 1, and for an SR task (scale > 1 in tasks.py) is inferred from the image sizes
-    (4 for DIV2K-style LQ, 1 when LQ is stored already upsampled).
-    Synthetic: n defaults to DEFAULT_TRAIN_LEN (train) or DEFAULT_VAL_LEN (val, unseen).
-    """
+    """SyntheticPairs, n defaulting to DEFAULT_TRAIN_LEN (train) or DEFAULT_VAL_LEN; or, given root,
+    PairedFolder: random crops with augmentation for "train", whole images for "val", n ignored,
+    scale defaulting to 1, or for an SR task (scale > 1 in tasks.py) to the one the image sizes
+    show (4 for DIV2K-style LQ, 1 for LQ stored already upsampled)."""
     _check(task, split)
     if root is not None:
         if split == "unseen":
             raise DataError(f"{root}: the 'unseen' split exists only for the built-in synthetic "
                             f"data; use split 'val' for a folder")
         if scale is None and tasks.TASKS[task].scale == 1:
-            scale = 1  # for SR, None makes check_sizes infer it
+            scale = 1
         train = split == "train"
         return PairedFolder(root, crop=crop if train else None, seed=seed, scale=scale,
                             augment=train)

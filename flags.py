@@ -15,7 +15,6 @@ import torch
 
 import checkpoint
 import data
-import irsde
 import tasks
 
 

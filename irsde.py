@@ -21,6 +21,7 @@ state x at index ts[0] down to ts[-1] = 0; `sample` and `denoise` build x and ts
 step from t to s the callback receives dict(i, t, s, x, x0): x the state at t that the network
 sees and x0 its prediction from that state; clip_x0 projects that prediction onto [0, 1].
 """
+import inspect
 import math
 
 import torch
@@ -312,6 +313,11 @@ def sample_posterior(model, sde, x, mu, ts, generator=None, callback=None, clip_
 def _sampler(name):
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    try:  # a fork's sampler must take the samplers' arguments
+        inspect.signature(SAMPLERS[name]).bind(None, None, None, None, [], generator=None, callback=None, clip_x0=False)
+    except TypeError as e:
+        raise TypeError(f"sampler {name!r}: every entry of irsde.SAMPLERS takes (model, sde, x, mu, ts, "
+                        f"generator=None, callback=None, clip_x0=False) ({e})") from None
     return SAMPLERS[name]
 
 

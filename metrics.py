@@ -1,10 +1,9 @@
 """Image-quality metrics with the reference code's conventions (PAPER.md §9).
 
-Outputs are clamped to [0, 1] and rounded to uint8 before anything is measured; PSNR and SSIM
-then work in float64 on the 0-255 scale, after cutting `crop_border` pixels from every side of
-both images. `y=True` measures the BT.601 luma channel instead of RGB (the paper's deraining
-numbers). GMSD and the texture ratio, beyond the paper, always measure luma. Only numpy and torch
-are needed; LPIPS is optional (`lpips_or_none`).
+Images are rounded to uint8 first (`to_uint8`); PSNR and SSIM then work in float64 on the 0-255
+scale, after cutting `crop_border` pixels from every side of both images. `y=True` measures the
+BT.601 luma channel instead of RGB (the paper's deraining numbers). GMSD and the texture ratio,
+beyond the paper, always measure luma. LPIPS is optional (`lpips_or_none`).
 """
 import functools
 import math
@@ -22,12 +21,10 @@ LPIPS_SKIPPED = "LPIPS skipped: the lpips package (and its AlexNet weights) is n
 
 
 def to_uint8(img):
-    """Float (3,H,W) image in [0,1] (tensor or array) -> HxWxC uint8 array (PAPER.md §9).
-
-    Like the reference's tensor2img: float32, clamp to [0, 1], then (x * 255).round() with numpy's
-    round-half-to-even. Also accepts (1,3,H,W), (1,H,W) or (H,W) floats, and HxW / HxWx1 / HxWx3
-    uint8 arrays, which pass through unchanged (HxW becomes HxWx1).
-    """
+    """Float (3,H,W) image in [0,1] (tensor or array) -> HxWxC uint8 array, like the reference's
+    tensor2img: float32, clamp to [0, 1], then (x * 255).round() with numpy's round-half-to-even.
+    Also accepts (1,3,H,W), (1,H,W) or (H,W) floats, and HxW / HxWx1 / HxWx3 uint8 arrays, which
+    pass through unchanged (HxW becomes HxWx1)."""
     if isinstance(img, torch.Tensor):
         if not img.is_floating_point():
             raise ValueError(f"metrics.py: tensor images must be float in [0, 1], got {img.dtype}")
@@ -54,12 +51,9 @@ def to_uint8(img):
 
 
 def rgb_to_y(img_uint8):
-    """BT.601 luma, MATLAB style, float64 HxW on the 0-255 scale (PAPER.md §9).
-
-    Y = 16 + 65.481 R + 128.553 G + 24.966 B with R, G, B = uint8 / 255, not re-rounded: the
-    reference's bgr2ycbcr(img / 255., only_y=True) * 255 (it feeds BGR and orders the weights
-    to match; here the input is RGB).
-    """
+    """BT.601 luma, MATLAB style, float64 HxW on the 0-255 scale: Y = 16 + 65.481 R + 128.553 G
+    + 24.966 B with R, G, B = uint8 / 255, not re-rounded; the reference's bgr2ycbcr(img / 255.,
+    only_y=True) * 255 (it feeds BGR and orders the weights to match; here the input is RGB)."""
     rgb = to_uint8(img_uint8)
     if rgb.shape[2] != 3:
         raise ValueError(f"metrics.py: rgb_to_y needs an RGB image, got {rgb.shape}")
@@ -84,7 +78,7 @@ def _prepare(a, b, crop_border, y):
 
 
 def psnr(a, b, crop_border=4, y=False):
-    """PSNR in dB with peak 255 in float64 (PAPER.md §9); inf for identical images."""
+    """PSNR in dB with peak 255; inf for identical images."""
     a, b = _prepare(a, b, crop_border, y)
     mse = np.mean((a - b) ** 2)
     if mse == 0:
@@ -92,17 +86,11 @@ def psnr(a, b, crop_border=4, y=False):
     return 20 * math.log10(255.0 / math.sqrt(mse))
 
 
-@functools.cache
-def _gaussian_1d():
-    """Normalised 1-D Gaussian of WINDOW taps (as cv2.getGaussianKernel(11, 1.5))."""
-    k = np.arange(WINDOW) - WINDOW // 2
-    g = np.exp(-(k**2) / (2 * SIGMA**2))
-    return g / g.sum()
-
-
 def _filter_valid(img):
-    """'Valid' correlation of HxW float64 `img` with the 11x11 Gaussian, done separably."""
-    g = _gaussian_1d()
+    """'Valid' correlation of HxW float64 `img` with the 11x11 Gaussian, done separably with the
+    normalised 1-D Gaussian of cv2.getGaussianKernel(11, 1.5)."""
+    g = np.exp(-((np.arange(WINDOW) - WINDOW // 2) ** 2) / (2 * SIGMA**2))
+    g = g / g.sum()
     h, w = img.shape[0] - WINDOW + 1, img.shape[1] - WINDOW + 1
     rows = sum(g[k] * img[:, k : k + w] for k in range(WINDOW))
     return sum(g[k] * rows[k : k + h] for k in range(WINDOW))
@@ -120,7 +108,7 @@ def _ssim_channel(x, y):
 
 
 def ssim(a, b, crop_border=4, y=False):
-    """SSIM, 11x11 Gaussian window (sigma 1.5), valid region, mean over channels (PAPER.md §9)."""
+    """SSIM, 11x11 Gaussian window (sigma 1.5), valid region, mean over channels."""
     a, b = _prepare(a, b, crop_border, y)
     if min(a.shape[:2]) < WINDOW:
         raise ValueError(f"metrics.py: SSIM needs at least {WINDOW}x{WINDOW} pixels after cropping, got {a.shape[:2]}")
@@ -132,16 +120,9 @@ def min_side(crop_border=4):
     return 2 * crop_border + WINDOW
 
 
-def _luma(a, b, crop_border):
-    """Both images as HxW float64 luma on 0-255, border cut (a one-channel image already is luma)."""
-    a, b = _prepare(a, b, crop_border, y=True)
-    return a[..., 0], b[..., 0]
-
-
 def _average_downsample(img):
-    """MATLAB's conv2(img, fspecial('average', 2), 'same') then img(1:2:end, 1:2:end): the mean of
-    each 2x2 block; 'same' pads zeros below and to the right, so an odd last row or column is
-    averaged with zeros."""
+    """MATLAB's conv2(img, fspecial('average', 2), 'same') then img(1:2:end, 1:2:end): the mean of each
+    2x2 block, an odd last row or column averaged with zeros ('same' pads them below and right)."""
     h, w = img.shape
     p = np.pad(img, ((0, h % 2), (0, w % 2)))
     return (p[0::2, 0::2] + p[1::2, 0::2] + p[0::2, 1::2] + p[1::2, 1::2]) / 4
@@ -159,16 +140,12 @@ def _prewitt_magnitude(img):
 
 
 def gmsd(a, b, crop_border=4):
-    """Gradient Magnitude Similarity Deviation (Xue, Zhang, Mou & Bovik, IEEE TIP 2014) on luma.
-
-    As the authors' MATLAB code: both Y images (0-255) are 2x2-averaged and decimated by 2, their
-    Prewitt gradient magnitudes m1, m2 give the similarity map (2 m1 m2 + c) / (m1^2 + m2^2 + c)
-    with c = GMSD_C = 170, and GMSD is that map's standard deviation with N - 1 (MATLAB's std2).
-    0 for identical images, larger is worse; symmetric in a and b. It compares gradient structure
-    with the GT pixel by pixel, so a restoration cannot lower it by adding noise (extra
-    high-frequency energy raises it) nor by blurring (lost edges raise it).
-    """
-    a, b = _luma(a, b, crop_border)
+    """Gradient Magnitude Similarity Deviation (Xue, Zhang, Mou & Bovik, IEEE TIP 2014) on luma, as the
+    authors' MATLAB code: both Y images are 2x2-averaged and decimated by 2, their Prewitt gradient
+    magnitudes m1, m2 give the similarity map (2 m1 m2 + c) / (m1^2 + m2^2 + c) with c = GMSD_C, and
+    GMSD is its standard deviation with N - 1 (MATLAB's std2): 0 for identical images, larger is worse,
+    symmetric. Comparing gradients pixel by pixel, it is lowered by neither added noise nor blur."""
+    a, b = (x[..., 0] for x in _prepare(a, b, crop_border, y=True))
     m1, m2 = (_prewitt_magnitude(_average_downsample(x)) for x in (a, b))
     gms = (2 * m1 * m2 + GMSD_C) / (m1**2 + m2**2 + GMSD_C)
     if gms.size < 2:
@@ -184,13 +161,10 @@ def _laplacian_energy(img):
 
 
 def texture_ratio(restored, gt, crop_border=4):
-    """Laplacian energy of the restored luma over that of the GT: a diagnostic, not a score.
-
-    1 means as much high-frequency energy as the GT; a blurry output is below 1, a noisy one above.
-    Noise can game it, so it is reported only beside PSNR and GMSD. A flat GT gives 1 when the
-    output is flat too, else inf.
-    """
-    restored, gt = _luma(restored, gt, crop_border)
+    """Laplacian energy of the restored luma over the GT's: a diagnostic that noise can game, so reported
+    only beside PSNR and GMSD. Below 1 is less high-frequency energy than the GT (blurry), above 1 more
+    (noisy); a flat GT gives 1 when the output is flat too, else inf."""
+    restored, gt = (x[..., 0] for x in _prepare(restored, gt, crop_border, y=True))
     if min(gt.shape) < 3:
         raise ValueError(f"metrics.py: texture_ratio needs 3x3 pixels after cropping, got {gt.shape}")
     num, den = _laplacian_energy(restored), _laplacian_energy(gt)
@@ -200,7 +174,7 @@ def texture_ratio(restored, gt, crop_border=4):
 
 
 def evaluate(restored, gt, crop_border=4):
-    """PSNR / SSIM on RGB and on Y, as the reference test script reports them (PAPER.md §9), and
+    """{COLUMNS: value}: PSNR / SSIM on RGB and on Y, as the reference test script reports them, and
     GMSD and the texture ratio on Y."""
     restored, gt = to_uint8(restored), to_uint8(gt)  # round once, reuse for all metrics
     return {
@@ -246,11 +220,9 @@ def _lpips_net():
 
 
 def lpips_or_none(restored, gt):
-    """LPIPS (AlexNet, inputs mapped to [-1, 1]; PAPER.md §9) or None when unavailable.
-
-    Never downloads. On None the caller prints LPIPS_SKIPPED once. Float inputs are clamped to
-    [0, 1] but not rounded (the reference feeds its float outputs); uint8 arrays are divided by 255.
-    """
+    """LPIPS (AlexNet, inputs mapped to [-1, 1]), or None when unavailable (never downloads; the
+    caller prints LPIPS_SKIPPED once). Float inputs are clamped to [0, 1] but not rounded, as the
+    reference feeds its float outputs; uint8 arrays are divided by 255."""
     net = _lpips_net()
     if net is None:
         return None

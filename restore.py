@@ -1,10 +1,6 @@
-"""Running a trained model as train.py's validation and sample.py both do: the network under the
-device's precision and, for large images, on tiles; a whole restoration with any sampler; and the
-picture of the reverse process.
-
-Mixed precision is chosen by the device: bf16 autocast on CUDA and, for training, on CPUs with
-native bf16 arithmetic (AVX512-BF16 or AMX; `use_bf16`), float32 elsewhere. Restoration on a CPU
-runs in float32, so restored images do not depend on the machine's instruction set.
+"""Running a trained model, shared by train.py's validation, sample.py and bench.py: the network
+under the device's precision (`network`, `use_bf16`) and, for large images, on tiles; a whole
+restoration with any sampler; the picture of the reverse process.
 """
 import functools
 
@@ -27,15 +23,11 @@ LABEL_HEIGHT = 12  # the band naming the columns of a trajectory picture
 @torch.no_grad()
 def restore(net, sde, config, lq, sampler=None, steps=None, generator=None, noise_sigma=None,
             tile=None, overlap=32, callback=None, clip_x0=None):
-    """Restored (B,3,H,W) in [0, 1] from the LQ batch lq (B,3,H,W).
-
-    CNN baseline: lq + net(lq) in one pass. A task with a noise level (denoising): the noisy
-    image is the state at t* of the denoising SDE (PAPER.md §5); noise_sigma on the [0, 1] scale,
-    by default the task's. Otherwise x_T = lq + lambda z is run back to x_0 by the sampler
-    (PAPER.md §6, §7). sampler, steps and clip_x0 default to the checkpoint's `sampling` settings.
-    tile: evaluate the network on tile x tile windows overlapping by `overlap` pixels (see
-    `tiled`). callback(dict(i, t, s, x, x0)) sees each step (irsde's samplers).
-    """
+    """Restored (B,3,H,W) in [0, 1] from the LQ batch lq (B,3,H,W). CNN baseline: lq + net(lq) in one
+    pass. A task with a noise level (denoising): the noisy image is the state at t* of the denoising
+    SDE (PAPER.md §5); noise_sigma on the [0, 1] scale, by default the task's. Otherwise x_T = lq +
+    lambda z is run back to x_0 by the sampler. sampler, steps and clip_x0 default to the checkpoint's
+    `sampling` settings; tile, overlap: see `tiled`; callback(dict(i, t, s, x, x0)) sees each step."""
     model = network(net, lq.device, tile, overlap)
     if config["loss"] == "cnn":
         return (lq + model(lq, None, None)).clamp(0, 1)
@@ -54,9 +46,9 @@ def restore(net, sde, config, lq, sampler=None, steps=None, generator=None, nois
 
 
 def network(net, device, tile=None, overlap=32, bf16=None):
-    """net as f(x, mu, t) with a float32 output: under bf16 autocast where `bf16` (default: on CUDA;
-    training also on CPUs with native bf16, `use_bf16`), the SDE arithmetic staying float32;
-    evaluated tile by tile when `tile` is given."""
+    """net as f(x, mu, t) with a float32 output, under bf16 autocast where `bf16` while the SDE
+    arithmetic stays float32; evaluated tile by tile when `tile` is given. bf16 defaults to CUDA
+    only: restoring on a CPU in float32 keeps the images independent of its instruction set."""
     bf16 = device.type == "cuda" if bf16 is None else bf16
 
     def forward(x, mu, t):
@@ -66,9 +58,9 @@ def network(net, device, tile=None, overlap=32, bf16=None):
 
 
 def use_bf16(device, fp32=False):
-    """Whether training runs the network under bf16 autocast: on CUDA and on CPUs with native bf16
-    (AVX512-BF16 or AMX, where a tiny-preset step at 64 x 64 ran 1.8x faster than in float32);
-    float32 with fp32 (--fp32) or elsewhere (without those instructions bf16 is emulated)."""
+    """Whether training runs the network under bf16 autocast: on CUDA and on CPUs with AVX512-BF16 or
+    AMX (there a tiny-preset step at 64 x 64 ran 1.8x faster than in float32); not with fp32 (--fp32)
+    nor elsewhere, where bf16 is emulated."""
     if fp32:
         return False
     return device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
@@ -76,21 +68,18 @@ def use_bf16(device, fp32=False):
 
 @functools.cache
 def native_cpu_bf16():
-    """Whether this CPU has bf16 instructions (torch.cpu's checks; False where torch lacks them)."""
+    """Whether this CPU has bf16 instructions (torch.cpu's checks, where torch has them)."""
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(check() for check in checks if check is not None)
 
 
 def tiled(net, tile, overlap):
-    """f(x, mu, t) computed on overlapping tile x tile windows and blended (PAPER.md §10).
-
-    Only the network call is tiled: the sampler still steps the full-size state with one
-    full-size noise draw per step, so the noise equals the untiled run's and the blend weights
-    (raised-cosine ramps over the overlaps, summing to one there) leave no seams. Memory is
-    bounded by the tile; the state itself is only 3 x H x W. A network with image-wide context
-    (its linear attention is image-wide, and its receptive field) still gives somewhat different values
-    per tile than on the whole image: the blend hides the tile borders, not that difference.
-    """
+    """f(x, mu, t) on tile x tile windows overlapping by `overlap` pixels, blended (PAPER.md §10): memory
+    is bounded by the tile. Only the network call is tiled: the sampler still steps the full-size state
+    (only 3 x H x W) with one full-size noise draw per step, so the noise equals the untiled run's and
+    the blend weights (raised-cosine ramps over the overlaps, summing to one) leave no seams. The
+    network's image-wide context (linear attention, receptive field) still makes a tile's values differ
+    somewhat from the whole image's: the blend hides the tile borders, not that difference."""
     if tile < 1 or not 0 <= overlap <= tile // 2:
         raise ValueError(f"tiles need tile >= 1 and 0 <= overlap <= tile / 2, got tile {tile}, overlap {overlap}")
 
@@ -111,10 +100,9 @@ def tiled(net, tile, overlap):
 
 
 def _windows(n, tile, overlap):
-    """(start, 1-D blend weights) of the windows covering 0..n-1 with stride tile - overlap.
-
-    Weights ramp as sin^2 over the first/last `overlap` pixels where a neighbour overlaps (the
-    neighbour's cos^2 ramp complements it) and are 1 elsewhere, never 0."""
+    """(start, 1-D blend weights) of the windows covering 0..n-1 with stride tile - overlap. Weights
+    ramp as sin^2 over the first/last `overlap` pixels where a neighbour overlaps (its cos^2 ramp
+    complements them) and are 1 elsewhere, never 0."""
     size = min(tile, n)
     starts = list(range(0, n - size, tile - overlap)) + [n - size]
     ramp = torch.sin(torch.pi / 2 * (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap) ** 2
@@ -130,10 +118,9 @@ def _windows(n, tile, overlap):
 
 
 class Trajectory:
-    """Sampler callback for the picture of the reverse process (the paper's Fig. 6). At up to 10
-    evenly spaced network evaluations from the first (t = T, or t* for denoising) to the last, it
-    keeps the state x_t that the network saw (top row) and the x0 it predicted from that state
-    (bottom row); `picture` labels each column with its t and adds the restored x_0 above the GT."""
+    """Sampler callback for the picture of the reverse process (the paper's Fig. 6): at up to
+    TRAJECTORY_STATES evenly spaced network evaluations among `ts` (all but the last index), it
+    keeps the state x_t that the network saw and the x0 it predicted from it."""
 
     def __init__(self, ts):
         evaluated = ts[:-1]
@@ -147,7 +134,7 @@ class Trajectory:
                                  step["x0"][0].float().clamp(0, 1).cpu()))
 
     def picture(self, restored, gt=None):
-        """x_t over x0_hat(x_t) for each kept t, then x_0 over the GT (white without one)."""
+        """x_t over x0_hat(x_t) for each kept t, then x_0 over the GT (white without one), labelled."""
         gt = torch.ones_like(restored) if gt is None else gt
         labels, top, bottom = zip(*self.columns, ("x_0 / GT", restored, gt))
         top, bottom = strip(top), strip(bottom)
@@ -155,8 +142,8 @@ class Trajectory:
 
 
 def start_index(sde, config, noise_sigma=None):
-    """Where a restoration of this checkpoint starts: T, or t* of the noise level for a task that
-    has one (by default the task's; Sec. 4.3)."""
+    """Where a restoration of this checkpoint starts: T, or t* of the noise level (by default the
+    task's) for a task that has one."""
     task = tasks.TASKS[config["task"]]
     return sde.T if task.noise_sigma is None else sde.start_index(noise_sigma or task.noise_sigma)
 
@@ -185,21 +172,21 @@ def strip(images):
 
 @torch.no_grad()
 def validate(net, sde, config, val_set, device, step, out, name="val"):
-    """train.py's validation: mean PSNR/SSIM (RGB and Y, PAPER.md §9), GMSD and texture ratio of
-    the restored and of the input images, restored as sample.py does, and the worst colour shift over the images
-    (metrics.colour_shift). Saves <name>_<step>.png, LQ | restored | GT of the first images, and
-    <name>_trajectory_<step>.png, the reverse process of the first ones (Trajectory)."""
+    """train.py's validation: the mean of metrics.evaluate and the largest metrics.colour_shift over
+    the images restored as sample.py does (keys with "_input": over the LQ images). Saves
+    <name>_<step>.png, LQ | restored | GT of the first 4 images, and <name>_trajectory_<step>.png,
+    the reverse process of the first TRAJECTORY_IMAGES."""
     args = config["args"]
-    scores, shifts, rows, pictures = {"restored": [], "input": []}, {"restored": [], "input": []}, [], []
+    scores, shifts, rows, pictures = {"": [], "_input": []}, {"": [], "_input": []}, [], []
     for k in range(min(args["val_images"], len(val_set))):
         lq, gt = val_set[k]
         generator = torch.Generator(device).manual_seed(args["seed"])  # as sample.py: one per image
         trajectory = Trajectory(trajectory_steps(sde, config)) if sde is not None and k < TRAJECTORY_IMAGES else None
         restored = restore(net, sde, config, lq[None].to(device), generator=generator,
                            callback=trajectory)[0].float().cpu()
-        for key, image in (("restored", restored), ("input", lq.clamp(0, 1))):
-            scores[key].append(metrics.evaluate(image, gt, crop_border=VAL_BORDER))
-            shifts[key].append(metrics.colour_shift(image, gt))
+        for suffix, image in (("", restored), ("_input", lq.clamp(0, 1))):
+            scores[suffix].append(metrics.evaluate(image, gt, crop_border=VAL_BORDER))
+            shifts[suffix].append(metrics.colour_shift(image, gt))
         if k < 4:
             rows.append(torch.cat([lq.clamp(0, 1), restored, gt], dim=2))
         if trajectory is not None:
@@ -209,8 +196,5 @@ def validate(net, sde, config, val_set, device, step, out, name="val"):
         width = pictures[0].shape[2]
         data.save_image(torch.cat([p.expand(3, -1, width) for p in pictures[:-1]], dim=1),
                         out / f"{name}_trajectory_{step:07d}.png")
-    result = {}
-    for key, suffix in (("restored", ""), ("input", "_input")):
-        mean = {**metrics.mean(scores[key]), "shift_max": max(shifts[key])}
-        result.update({f"{k}{suffix}": v for k, v in mean.items()})
-    return result
+    return {f"{k}{suffix}": v for suffix in scores
+            for k, v in {**metrics.mean(scores[suffix]), "shift_max": max(shifts[suffix])}.items()}

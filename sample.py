@@ -2,41 +2,32 @@
 
 Examples:
 
-    # a folder of rainy images; the checkpoint's own sampler and step count
-    python sample.py --checkpoint runs/derain/last.pt --input rainy/ --out out/
     # a Rain100H test folder (rain-N.png + norain-N.png): GT found automatically, metrics written
     python sample.py --checkpoint runs/derain/last.pt --input Rain100H/test --out out/ --compare
     # 10-step deterministic sampling of one image against its GT, with the paper's Fig. 6 strip
     python sample.py --checkpoint ckpt.pt --input lq.png --gt gt.png --out out/ \\
         --sampler ddim --sample-steps 10 --trajectory
-    # Gaussian denoising at sigma = 25 (0-255 scale), from t* with the checkpoint's sampler (PAPER.md §5)
+    # Gaussian denoising at sigma = 25 (0-255 scale), from t* with the checkpoint's sampler
     python sample.py --checkpoint denoise.pt --input noisy/ --out out/ --noise-sigma 25
     # a large image, network evaluated on 512 x 512 tiles (bounded memory, no seams)
     python sample.py --checkpoint ckpt.pt --input big.png --out out/ --tile 512
 
-Input: an image file, a folder of images, or a paired dataset folder in a layout that
-data.find_pairs knows (GT/ + LQ/, Rain100 rain-N/norain-N, GoPro blur/sharp); then the GT
-comes from the pairs. --gt is an image or a folder paired with the inputs by file name, with
-train.py's rule for GT/ + LQ/ folders (same stem; an LQ stem may end in x4); what does not pair
-is refused. A super-resolution checkpoint trained on small LQ images (scale s > 1 in its
-config) upsamples each input bicubically by s, as training did; GT must then be s x the LQ.
+Input: an image, a folder of images, or a paired dataset folder that data.find_pairs knows (GT/ +
+LQ/, Rain100 rain-N/norain-N, GoPro blur/sharp), which brings its own GT. --gt is an image or a
+folder paired with the inputs by file name; what does not pair is refused. A super-resolution
+checkpoint (scale s > 1) upsamples each input bicubically by s, as training did; GT must then be s x
+the LQ.
 
-Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR, SSIM on RGB
-and on Y with --crop-border pixels cut, PAPER.md §9; GMSD and the texture ratio on Y, metrics.py);
-DIR/compare/<stem>.png (LQ | restored | GT) with --compare; DIR/trajectory/<stem>.png with
---trajectory: the reverse process, the state x_t the network sees at up to 10 of its steps on top
-and the x0 it predicts from that state below, each column labelled with t, then the restored x_0
-above the GT.
+Output: DIR/<stem>.png per image; with GT also metrics.csv and metrics.json (PSNR and SSIM on RGB and
+on Y with --crop-border pixels cut, GMSD and the texture ratio on Y); DIR/compare/<stem>.png (LQ |
+restored | GT) with --compare; DIR/trajectory/<stem>.png with --trajectory: the state x_t the network
+sees at up to 10 of its steps over the x0 it predicts from it, labelled with t, then the restored x_0
+over the GT. The output folder and its subfolders may not hold input or GT images nor lie inside an
+--input or --gt folder. Ctrl-C stops after writing the metrics of the images finished (exit status 130).
 
-Outputs never land where inputs are: the output folder and its compare/ and trajectory/
-subfolders may not hold input or GT images nor lie inside a folder given as --input or --gt.
-Ctrl-C stops after writing the metrics of the images finished so far (exit status 130).
-
-Seeds: every image gets its own generator seeded with --seed, so an image's result does not
-depend on which other images are in the folder; the same command gives the same numbers on CPU
-(CUDA draws differ from CPU draws). Flags are spelled as in train.py (--out, --sample-steps);
-the former --output and --steps still work. The checkpoint, the network wrapper and `restore`
-itself live in checkpoint.py and restore.py, which train.py uses too.
+Seeds: every image gets its own generator seeded with --seed, so its result does not depend on the
+other images; the same command gives the same numbers on CPU (CUDA draws differ from CPU draws).
+--output and --steps are kept as aliases of --out and --sample-steps (train.py's spelling).
 """
 import argparse
 import csv
@@ -60,29 +51,30 @@ from flags import UsageError, check_device
 from restore import Trajectory, restore, strip, trajectory_steps
 
 MIN_TILE = 128  # smaller tiles give the network too little context: a warning
+OUTPUT_SUBFOLDERS = ("compare", "trajectory")
 
 
 # ---- input and output files ------------------------------------------------------------------
 
 def find_jobs(input_path, gt_path=None, scale=1):
-    """[(lq, gt or None)]: a paired dataset folder (data.find_pairs, LQ = GT size / scale), or
-    the inputs paired with --gt by name (pair_by_name)."""
+    """[(lq, gt or None)]: a paired dataset folder's pairs (data.find_pairs, LQ = GT size / scale), else
+    the inputs paired with --gt by train.py's rule for GT/ + LQ/ folders, not by sorted order (1, 2, 10
+    vs 01, 02, 10): the same stem, where an LQ stem may carry an "x4"-style suffix (DIV2K). One input
+    file pairs with one GT file whatever their names, and with the GT of its name in a GT folder."""
     input_path = Path(input_path)
-    if input_path.is_dir() and _paired_layout(input_path):
+    try:
+        paired = input_path.is_dir() and detect_layout(input_path)
+    except DataError:
+        paired = False
+    if paired:
         if gt_path is not None:
             raise DataError(f"{input_path} is a paired dataset folder: it brings its own GT, drop --gt")
         return find_pairs(input_path, scale=scale)
     inputs = list_images(input_path)
     if gt_path is None:
         return [(lq, None) for lq in inputs]
-    return pair_by_name(inputs, list_images(gt_path), input_path, Path(gt_path))
-
-
-def pair_by_name(inputs, gts, input_path, gt_path):
-    """(lq, gt) pairs by train.py's rule for GT/ + LQ/ folders: the same stem, where an LQ stem
-    may carry an "x4"-style suffix (DIV2K). Sorted order would pair 1, 2, 10 with 01, 02, 10 wrongly.
-    One input file and one GT file pair whatever their names; one input file against a GT folder
-    takes the GT of its name. DataError naming the files that do not pair."""
+    gt_path = Path(gt_path)
+    gts = list_images(gt_path)
     if input_path.is_file() and gt_path.is_file():
         return [(inputs[0], gts[0])]
     gt = _keyed(gts, lambda p: p.stem)
@@ -90,37 +82,24 @@ def pair_by_name(inputs, gts, input_path, gt_path):
     return _match(lq, gt, input_path, gt_path, skip_gt_only=input_path.is_file())
 
 
-def _paired_layout(folder):
-    try:
-        detect_layout(folder)
-    except DataError:
-        return False
-    return True
-
-
 def output_names(paths):
-    """Output stems: the file stems or, where stems repeat (GoPro scenes, a.png + a.jpg), the
-    path below the inputs' common folder with "/" and "." turned into "_"."""
-    stems = [p.stem for p in paths]
-    names = stems
-    if len(set(stems)) < len(stems):
+    """Output stems: the file stems or, where stems repeat (GoPro scenes, a.png + a.jpg), the path
+    below the inputs' common folder with "/" and "." turned into "_"; DataError where two collide."""
+    names = [p.stem for p in paths]
+    if len(set(names)) < len(names):
         root = Path(os.path.commonpath([p.parent for p in paths]))
         names = ["_".join(p.relative_to(root).parts).replace(".", "_") for p in paths]
     first = {}
-    for path, name in zip(paths, names):  # x/y.png and x_y.png would both become x_y_png
+    for path, name in zip(paths, names):  # x/y.png and x_y.png both become x_y_png
         if name in first:
             raise DataError(f"{first[name]} and {path} would both be written as {name}.png; rename one")
         first[name] = path
     return names
 
 
-OUTPUT_SUBFOLDERS = ("compare", "trajectory")
-
-
 def prepare_output(out, jobs, given, subfolders):
-    """Create the output folders, refusing before anything is restored: an output folder (or its
-    compare/ or trajectory/ subfolder) that holds input or GT images, which would be overwritten,
-    or that lies inside a folder given as --input / --gt (`given`), and one that cannot be written."""
+    """Create the output folders; before anything is restored, refuse one (out or a subfolder) that
+    holds input or GT images, lies inside a folder in `given` (--input, --gt) or cannot be written."""
     out = Path(out)
     sources = {p.parent.resolve() for job in jobs for p in job if p is not None}
     inside = [Path(g).resolve() for g in given if g is not None and Path(g).is_dir()]
@@ -139,24 +118,14 @@ def prepare_output(out, jobs, given, subfolders):
 
 # ---- metrics report --------------------------------------------------------------------------
 
-def measure(name, restored, gt, crop_border):
-    """PSNR / SSIM on RGB and Y, GMSD and the texture ratio, plus LPIPS where it is installed (PAPER.md §9)."""
-    row = dict(image=name, **metrics.evaluate(restored, gt, crop_border))
-    lpips = metrics.lpips_or_none(restored, gt)
-    if lpips is not None:
-        row["lpips"] = lpips
-    return row
-
-
 def write_metrics(out, rows, info):
     """metrics.csv (one row per image and a mean row) and metrics.json in the output folder."""
     mean = metrics.mean(rows)
-    keys = list(mean)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["image"] + keys)
+    writer.writerow(["image"] + list(mean))
     for row in rows + [dict(mean, image="mean")]:
-        writer.writerow([row["image"]] + [f"{row[k]:.6f}" for k in keys])
+        writer.writerow([row["image"]] + [f"{row[k]:.6f}" for k in mean])
     atomic_write(out / "metrics.csv", lambda f: f.write(buf.getvalue().encode()))
     report = json.dumps(dict(info, images=rows, mean=mean), indent=2) + "\n"
     atomic_write(out / "metrics.json", lambda f: f.write(report.encode()))
@@ -164,11 +133,10 @@ def write_metrics(out, rows, info):
 
 def print_table(rows):
     mean = metrics.mean(rows)
-    keys = list(mean)
     width = max(len(r["image"]) for r in rows + [{"image": "mean"}])
-    print(f"{'image':<{width}}  " + "  ".join(f"{k:>8}" for k in keys))
+    print(f"{'image':<{width}}  " + "  ".join(f"{k:>8}" for k in mean))
     for row in rows + [dict(mean, image="mean")]:
-        print(f"{row['image']:<{width}}  " + "  ".join(f"{row[k]:8.4f}" for k in keys))
+        print(f"{row['image']:<{width}}  " + "  ".join(f"{row[k]:8.4f}" for k in mean))
 
 
 # ---- command line ----------------------------------------------------------------------------
@@ -183,7 +151,7 @@ def parse_args(argv=None):
                    help="for the authors' .pth files: the task, which sets their test SDE (lambda, T, eps)")
     p.add_argument("--input", required=True, help="image, folder of images, or paired dataset folder")
     p.add_argument("--out", "--output", required=True, help="output folder")
-    p.add_argument("--gt", help="GT image or folder, paired with the inputs by file name")
+    p.add_argument("--gt", help="GT image or folder")
     p.add_argument("--sampler", choices=irsde.SAMPLERS, help="default: the checkpoint's")
     p.add_argument("--sample-steps", "--steps", type=int, help="sampling steps, 1 to T (from t* for a task "
                    "with a noise level: 1 to t*) (default: the checkpoint's, else every index)")
@@ -191,21 +159,19 @@ def parse_args(argv=None):
     p.add_argument("--noise-sigma", type=float, help="a task with a noise level (denoising): the noise level "
                    "of the inputs on the 0-255 scale (default: the task's, " + ", ".join(
                        f"{k} {v.noise_sigma * 255:g}" for k, v in tasks.TASKS.items() if v.noise_sigma) + ")")
-    p.add_argument("--tile", type=int, help="evaluate the network on tiles of this size (large images; "
-                   f"below {MIN_TILE} costs quality)")
+    p.add_argument("--tile", type=int,
+                   help=f"evaluate the network on tiles of this size (large images; below {MIN_TILE} costs quality)")
     p.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
     p.add_argument("--compare", action="store_true", help="also write LQ | restored | GT pictures")
-    p.add_argument("--trajectory", action="store_true", help="also write the reverse process: x_t and the x0 "
-                   "predicted from it at each step (Fig. 6)")
+    p.add_argument("--trajectory", action="store_true", help="also write the reverse process (Fig. 6)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--crop-border", type=int, default=4, help="pixels cut from each side for metrics")
     return p.parse_args(argv)
 
 
 def check_args(args, sde, config):
-    """Option values that argparse cannot judge alone, checked before any work; UsageError naming
-    the option. Sets args.noise_sigma, args.sampler and args.sample_steps to what will run, so that
-    metrics.json records that."""
+    """UsageError naming an option whose value argparse cannot judge alone, before any work. Sets
+    args.noise_sigma, args.sampler and args.sample_steps to what will run, for metrics.json."""
     if args.crop_border < 0:
         raise UsageError(f"--crop-border must be 0 or more, got {args.crop_border}")
     check_tile(args.tile, args.overlap)
@@ -241,8 +207,8 @@ def check_args(args, sde, config):
 
 def sampling_steps(args, stored, available, start):
     """The number of sampling steps that will run: --sample-steps, which must be 1..available (the
-    indices from `start` down to 0), else the checkpoint's number, capped at `available` with a
-    note (t* depends on --noise-sigma), else every index."""
+    indices from `start` down to 0), else the checkpoint's number, capped at `available` with a note
+    (t* depends on --noise-sigma), else every index."""
     if args.sample_steps is not None:
         if not 1 <= args.sample_steps <= available:
             raise UsageError(f"--sample-steps {args.sample_steps}: must be between 1 and {available} ({start})")
@@ -259,7 +225,7 @@ def sampling_steps(args, stored, available, start):
 
 
 def check_tile(tile, overlap):
-    """Refuse tiles the blend cannot use; warn about tiles small enough to cost quality."""
+    """Refuse tiles the blend cannot use; warn about tiles below MIN_TILE."""
     if tile is None:
         return
     if tile < 1 or overlap < 0 or tile < 2 * overlap:
@@ -281,9 +247,8 @@ def main(argv=None):
 
 
 def run(args):
-    """Restore every input in order, writing each result as it is done; then the metrics. Stopped
-    early (Ctrl-C, an unusable image, a full disk), it writes the metrics of the finished images
-    first, marked "complete": false."""
+    """Restore every input in order, writing each result as it is done, then the metrics; stopped early
+    (Ctrl-C, an unusable image, a full disk), those of the finished images, marked "complete": false."""
     device = check_device(args.device)
     net, sde, config = checkpoint.load(args.checkpoint, device, args.task)
     if args.task not in (None, config["task"]):
@@ -314,15 +279,19 @@ def run(args):
 
 
 def restore_all(args, net, sde, config, jobs, names, out, device, rows):
-    """Restore the jobs one by one, printing progress; appends each image's metrics to rows."""
+    """Restore the jobs one by one, printing progress; append each image's metrics to rows."""
     for k, ((lq_path, gt_path), name) in enumerate(zip(jobs, names), 1):
         start = time.perf_counter()
         restored, gt = restore_file(args, net, sde, config, lq_path, gt_path, out, name, device)
         line = f"[{k}/{len(jobs)}] {name} {restored.shape[1]}x{restored.shape[2]} {time.perf_counter() - start:.1f}s"
         if gt is not None:
-            rows.append(measure(name, restored, gt, args.crop_border))
-            if len(rows) == 1 and "lpips" not in rows[0]:
+            row = dict(image=name, **metrics.evaluate(restored, gt, args.crop_border))
+            lpips = metrics.lpips_or_none(restored, gt)
+            if lpips is not None:
+                row["lpips"] = lpips
+            elif not rows:
                 print(metrics.LPIPS_SKIPPED)
+            rows.append(row)
             mean = metrics.mean(rows)
             line += (f"  PSNR {rows[-1]['psnr']:.2f} PSNR-Y {rows[-1]['psnr_y']:.2f}"
                      f"  (mean {mean['psnr']:.2f} / {mean['psnr_y']:.2f})")
@@ -330,15 +299,13 @@ def restore_all(args, net, sde, config, jobs, names, out, device, rows):
 
 
 def restore_file(args, net, sde, config, lq_path, gt_path, out, name, device):
-    """Load one pair, restore it, write out/<name>.png (and its compare / trajectory pictures).
-    An SR checkpoint's LQ is first upsampled by its scale, as in training (data.PairedFolder).
-    Returns (restored, gt or None) as (3,H,W) CPU tensors."""
+    """Load one pair (an SR checkpoint's LQ upsampled by its scale, as data.PairedFolder does), restore
+    it, write out/<name>.png and its compare / trajectory pictures; (restored, gt or None), (3,H,W) on CPU."""
     lq = load_image(lq_path)
     gt = None if gt_path is None else fit_gt(load_image(gt_path), lq, config["scale"], lq_path, gt_path)
     if config["scale"] > 1:
         lq = upsample(lq, (lq.shape[1] * config["scale"], lq.shape[2] * config["scale"]))
     noise_sigma = None if args.noise_sigma is None else args.noise_sigma / 255
-    # one generator per image, seeded alike: a result does not depend on the other images
     generator = torch.Generator(device).manual_seed(args.seed)
     trajectory = (Trajectory(trajectory_steps(sde, config, args.sample_steps, noise_sigma))
                   if args.trajectory and sde is not None else None)
@@ -353,9 +320,9 @@ def restore_file(args, net, sde, config, lq_path, gt_path, out, name, device):
 
 
 def check_inputs(jobs, scale, crop_border, tile):
-    """Every input against the flags that depend on its size, from the file headers, before anything
-    is written: a GT must be scale x its LQ (data.fit_gt's rule) and large enough for the metrics
-    with --crop-border (metrics.min_side). A --tile that no image exceeds is noted: it changes nothing."""
+    """Check the flags that depend on image sizes, from the file headers, before anything is written:
+    a GT must be scale x its LQ (data.fit_gt's rule) and at least metrics.min_side(crop_border) a side.
+    A --tile that no image exceeds is noted: it changes nothing."""
     check_sizes([job for job in jobs if job[1] is not None], scale)
     for lq_path, gt_path in jobs:
         w, h = image_size(gt_path or lq_path)

@@ -1,25 +1,11 @@
-"""Synthetic images for IR-SDE's built-in data: clean-image generators and degradations.
+"""Synthetic images for IR-SDE's built-in data (PAPER.md section 9): clean images (`dead_leaves`,
+Achddou et al. 2021, and `procedural`) and each task's degradations, documented with their
+parameter ranges; tasks.py says which split uses which.
 
-Clean images: `dead_leaves` (Achddou et al. 2021); `procedural` picks one of
-`piecewise_smooth` (smooth regions, sharp edges), `gratings` (stripes), `polygons` and
-`texture_mix` (two of them through a soft mask).
-Degradations per task of PAPER.md section 9, each documenting its parameter ranges:
-  derain   `rain` (Rain100L/H-like; val), `rain_streaks` (wide ranges; train),
-           `rain_drops` (a different rain model; the unseen set only)
-  deblur   `motion_blur` with `motion_kernel` (val; wide=True: train),
-           `defocus_blur` with `defocus_kernel` (unseen only)
-  denoise  `gaussian_noise` (sigma 25/255 everywhere)
-  sr       `downsample_upsample` (x4 bicubic everywhere)
-  inpaint  `make_mask` / `inpaint_mask` (thin: val; thin or thick: train),
-           `blob_mask` / `inpaint_blobs` (unseen only)
-  dehaze   `haze` (val; wide=True: train), `fog` (unseen only)
-Which split uses which is each task's row in tasks.py.
-
-Images are float32 torch tensors (3, H, W) in [0, 1]. Every function is a pure function
-of its arguments: all randomness is drawn from the numpy `np.random.Generator` passed in
-(`rng`), so the same generator state gives bit-identical output, and nothing here reads
-files or global state. The task -> degradation table is tasks.py; the shipped photographs and
-the datasets live in data.py. Both import this module (never the other way round).
+Images are float32 torch tensors (3, H, W) in [0, 1]. Every function is pure: all randomness is
+drawn from the numpy Generator `rng` passed in, so the same generator state gives bit-identical
+output, and nothing here reads files or global state. tasks.py and data.py import this module,
+never the other way round.
 """
 import numpy as np
 import torch
@@ -32,22 +18,14 @@ SR_SCALE = 4  # section 9: 4x super-resolution
 
 # ----------------------------------------------------------------------------- clean images
 
-def dead_leaves(size, rng, alpha=3.0, rmin=None, rmax=None, coverage=5.0):
-    """Dead-leaves image (Achddou et al. 2021): occluding discs with radius density r^-alpha.
-
-    Discs are drawn i.i.d. (centres uniform on the image grown by r, so the borders are
-    covered like the middle); the first drawn is the front-most, so each pixel takes the
-    colour of the first disc covering it. Enough discs are drawn to cover the image
-    `coverage` times over (uncovered fraction ~exp(-coverage)); leftovers get a background
-    colour. rmin/rmax default to min(H, W)/40 (at least 1) and max(H, W). Each leaf gets a random
-    colour, a linear shading ramp and sometimes a sinusoidal texture; a smooth illumination
-    field and a mild Gaussian blur (sigma 0.3-0.9, like optics) follow, so that images are
-    not piecewise flat with aliased edges. Returns float32 (3, H, W) in [0, 1].
-    """
-    h, w = (size, size) if np.isscalar(size) else size
-    rmin = rmin or max(1.0, min(h, w) / 40)
-    rmax = rmax or float(max(h, w))
-    r = _power_law(rng, alpha, rmin, rmax, h, w, coverage)
+def dead_leaves(size, rng, alpha=3.0, coverage=5.0):
+    """Dead leaves: occluding discs, radius density r^-alpha on [min(H, W)/40 (at least 1), max(H, W)],
+    centres uniform on the image grown by r (borders covered like the middle), the first drawn in
+    front, until they cover the image `coverage` times over (the rest shows a background). Leaves
+    get a colour, a shading ramp and sometimes a sinusoidal texture; an illumination field and an
+    optics blur (sigma 0.3-0.9) keep the image from being piecewise flat with aliased edges."""
+    h, w = _hw(size)
+    r = _power_law(rng, alpha, max(1.0, min(h, w) / 40), float(max(h, w)), h, w, coverage)
     cy, cx = rng.uniform(-r, h + r), rng.uniform(-r, w + r)
     label = _front_labels(h, w, cy, cx, r)
     img = _shade_leaves(label, cy, cx, r, rng)
@@ -57,8 +35,7 @@ def dead_leaves(size, rng, alpha=3.0, rmin=None, rmax=None, coverage=5.0):
 
 
 def _power_law(rng, alpha, rmin, rmax, h, w, coverage):
-    """Radii with density ~ r^-alpha on [rmin, rmax], enough to cover an h x w image
-    `coverage` times over when centres are uniform on the image grown by r on each side."""
+    """Radii with density ~ r^-alpha on [rmin, rmax], enough to cover h x w `coverage` times over."""
     a = 1.0 - alpha
     r = np.empty(0)
     need = coverage * h * w
@@ -74,13 +51,10 @@ _BUCKETS = (2, 3, 5, 8, 12, 16, 24, 32, 48, 64)  # box half-widths for vectorise
 
 
 def _front_labels(h, w, cy, cx, r):
-    """Per pixel, the smallest index of a disc covering its centre (len(r) if none).
-
-    Small discs are stamped in vectorised batches of equal box size into a canvas with a
-    margin (so boxes need no clipping); min is order-independent, so np.minimum.at gives
-    the same labels on every run. The few large discs are tested against every pixel.
-    """
-    m = 2 * _BUCKETS[-1]
+    """Per pixel, the smallest index of a disc covering its centre (len(r) if none): small discs
+    stamped in batches of equal box size (a minimum is order-independent, so the labels are the
+    same on every run), the few large ones tested against every pixel."""
+    m = 2 * _BUCKETS[-1]  # a margin: boxes need no clipping
     labels = np.full((h + 2 * m, w + 2 * m), len(r), np.int64)
     bucket = np.searchsorted(_BUCKETS, np.ceil(r))
     for b, half in enumerate(_BUCKETS):
@@ -113,8 +87,7 @@ def _shade_leaves(label, cy, cx, r, rng):
     """Colour each leaf: base colour + linear ramp + (for ~30% of leaves) a sinusoid."""
     h, w = label.shape
     n = len(r) + 1  # the last "leaf" is the background
-    grey = rng.uniform(0.05, 0.95, (n, 1))
-    colour = np.clip(grey + rng.normal(0, 0.08, (n, 3)), 0, 1)
+    colour = np.clip(rng.uniform(0.05, 0.95, (n, 1)) + rng.normal(0, 0.08, (n, 3)), 0, 1)
     ramp = rng.normal(0, 0.12, (n, 2)) / np.append(r, max(h, w))[:, None]
     wave = (rng.random(n) < 0.3) * rng.uniform(0, 0.12, n)
     freq = rng.uniform(0.3, 1.5, n)[:, None] * _unit(rng.uniform(0, np.pi, n))
@@ -142,10 +115,8 @@ def _smooth_field(h, w, rng, cells, lo, hi):
 
 
 def gaussian_blur(img, sigma):
-    """Separable Gaussian blur of (C, H, W), reflect padding (replicate for tiny images).
-
-    Written as a sum of shifted copies: much faster than conv2d for these few taps.
-    """
+    """Separable Gaussian blur of (C, H, W), reflect padding (replicate for tiny images); a sum of
+    shifted copies, much faster than conv2d for so few taps."""
     rad = max(1, int(np.ceil(2.5 * sigma)))
     taps = np.exp(-np.arange(-rad, rad + 1) ** 2 / (2 * sigma ** 2))
     taps = (taps / taps.sum()).tolist()
@@ -156,23 +127,17 @@ def gaussian_blur(img, sigma):
     return sum(t * x[:, k:k + h] for k, t in enumerate(taps))
 
 
-# ----------------------------------------------------------------------------- procedural clean images
-
 def procedural(size, rng):
     """A procedural clean image: piecewise_smooth, gratings, polygons or texture_mix (1/4 each)."""
-    kind = int(rng.integers(4))
-    return (piecewise_smooth, gratings, polygons, texture_mix)[kind](size, rng)
+    return (piecewise_smooth, gratings, polygons, texture_mix)[int(rng.integers(4))](size, rng)
 
 
 def piecewise_smooth(size, rng):
-    """Smooth colour regions with sharp edges between them.
-
-    Regions: with probability 1/2 a Voronoi partition of 2-12 random seeds (straight edges),
-    else 1-3 smooth random fields (2-5 control points per side) each thresholded at U(0.3, 0.7)
-    (curved edges, up to 8 regions). Each region: a random colour (grey U(0.05, 0.95) plus
-    N(0, 0.15) per channel) and a linear gradient of slope N(0, 0.3) per image side; then
-    a smooth illumination field in [0.7, 1.3] and an optics blur of sigma U(0.3, 0.9) px.
-    """
+    """Smooth colour regions with sharp edges: a Voronoi partition of 2-12 random seeds (p 1/2;
+    straight edges), else 1-3 smooth random fields (2-5 control points per side) thresholded at
+    U(0.3, 0.7) (curved edges, up to 8 regions). Each region: grey U(0.05, 0.95) plus N(0, 0.15)
+    per channel and a gradient of slope N(0, 0.3) per image side; then an illumination field in
+    [0.7, 1.3] and an optics blur of sigma U(0.3, 0.9) px."""
     h, w = _hw(size)
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     if rng.random() < 0.5:
@@ -193,14 +158,11 @@ def piecewise_smooth(size, rng):
 
 
 def gratings(size, rng):
-    """Stripes: the sum of 1-3 gratings mapping onto a blend of a dark colour (U(0, 0.5)
-    per channel) and a light one (U(0.5, 1)).
-
-    Each grating: sinusoidal or square-wave (a steep tanh of a sinusoid), 1/2 each; period
-    log-uniform in [3, 48] px; any orientation; weight U(0.3, 1); with probability 1/3 a
-    chirp (the frequency changes by a factor up to 3 across the image). With probability
-    1/2 a smooth envelope in [0.2, 1] modulates the contrast. Optics blur sigma U(0.3, 0.8).
-    """
+    """Stripes: 1-3 gratings summed, mapped between a dark colour U(0, 0.5) and a light one
+    U(0.5, 1) per channel. Each: sinusoidal or square-wave (a steep tanh), 1/2 each; period
+    log-uniform in [3, 48] px; any orientation; weight U(0.3, 1); p 1/3 a chirp (frequency growing
+    by up to 3x across the image). P 1/2 a smooth contrast envelope in [0.2, 1]; optics blur sigma
+    U(0.3, 0.8)."""
     h, w = _hw(size)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     v = np.zeros((h, w))
@@ -208,7 +170,7 @@ def gratings(size, rng):
         d = _unit(rng.uniform(0, np.pi, 1))[0]
         u = yy * d[0] + xx * d[1]
         u = u - u.min()
-        if rng.random() < 1 / 3:  # chirp: the local frequency grows linearly along u
+        if rng.random() < 1 / 3:  # chirp
             u = u + (rng.uniform(1, 3) - 1) * u ** 2 / (2 * max(u.max(), 1))
         wave = np.sin(2 * np.pi * u / np.exp(rng.uniform(np.log(3), np.log(48))) + rng.uniform(0, 2 * np.pi))
         if rng.random() < 0.5:
@@ -217,19 +179,15 @@ def gratings(size, rng):
     v = 0.5 + 0.5 * v / max(np.abs(v).max(), 1e-9)
     if rng.random() < 0.5:
         v = 0.5 + (v - 0.5) * _smooth_field(h, w, rng, 3, 0.2, 1.0)
-    a, b = rng.uniform(0, 0.5, 3), rng.uniform(0.5, 1, 3)  # dark and light colour
+    a, b = rng.uniform(0, 0.5, 3), rng.uniform(0.5, 1, 3)
     img = torch.from_numpy((a + (b - a) * v[..., None]).astype(np.float32)).permute(2, 0, 1)
     return gaussian_blur(img, rng.uniform(0.3, 0.8)).clamp(0, 1)
 
 
 def polygons(size, rng):
-    """Random star-shaped polygons occluding one another over a gradient background.
-
-    4-20 polygons, each with 3-8 vertices at sorted random angles and radii U(0.4, 1) x R,
-    R = U(0.05, 0.4) x the image side, centres uniform on the image; later polygons lie
-    on top. Each polygon and the background: a random colour plus a linear ramp of slope
-    N(0, 0.3) per image side. Edges are anti-aliased by 2 x 2 supersampling.
-    """
+    """4-20 random star-shaped polygons over a background, later ones on top: 3-8 vertices at sorted
+    random angles, radii U(0.4, 1) R, R = U(0.05, 0.4) x the image side, centres uniform. Each
+    region: a random colour plus a ramp of slope N(0, 0.3) per image side; 2 x 2 supersampled."""
     h, w = _hw(size)
     H, W = 2 * h, 2 * w
     label = Image.new("I", (W, H), 0)
@@ -272,27 +230,17 @@ def _hw(size):
 
 def _fft_conv(img, kernel):
     """Circular convolution of (C, H, W) with an (H, W) kernel centred at index (0, 0)."""
-    s = img.shape[-2:]
-    return torch.fft.irfft2(torch.fft.rfft2(img) * torch.fft.rfft2(kernel), s=s)
-
-
-def _wrapped_grid(h, w):
-    """Signed pixel offsets (dy, dx) from (0, 0) on the torus, for kernels used by _fft_conv."""
-    dy = (np.arange(h) + h // 2) % h - h // 2
-    dx = (np.arange(w) + w // 2) % w - w // 2
-    return dy[:, None].astype(np.float64), dx[None, :].astype(np.float64)
+    return torch.fft.irfft2(torch.fft.rfft2(img) * torch.fft.rfft2(kernel), s=img.shape[-2:])
 
 
 def _streaks(h, w, rng, angle, density, length, width):
-    """One rain layer: sparse drops smeared along `angle` (radians from vertical), in [0, 1].
-
-    Each drop is convolved with a line of the given length, tapered at its ends and with a
-    Gaussian cross-section of std `width` pixels; circular convolution is harmless because
-    the drop field is stationary.
-    """
+    """One rain layer in [0, 1]: sparse drops of brightness U(0.4, 1) smeared along `angle` (radians
+    from vertical) by a line of `length` px (at most the image side - 2) tapered at its ends, with a
+    Gaussian cross-section of std `width` px; circular convolution is fine, as drops are stationary."""
     drops = (rng.random((h, w)) < density) * rng.uniform(0.4, 1.0, (h, w))
     length = min(length, min(h, w) - 2)
-    dy, dx = _wrapped_grid(h, w)
+    dy = ((np.arange(h) + h // 2) % h - h // 2)[:, None].astype(np.float64)  # signed offsets on the torus
+    dx = ((np.arange(w) + w // 2) % w - w // 2)[None, :].astype(np.float64)
     along = dy * np.cos(angle) + dx * np.sin(angle)
     across = -dy * np.sin(angle) + dx * np.cos(angle)
     taper = np.sqrt(np.clip(1 - np.abs(2 * along / length), 0, 1))
@@ -302,15 +250,10 @@ def _streaks(h, w, rng, angle, density, length, width):
 
 
 def rain(img, rng, heavy=False):
-    """Synthetic rain (Rain100L-like light, Rain100H-like heavy).
-
-    Light: one layer of thin streaks in one direction (up to 30 degrees from vertical).
-    Heavy: three denser, longer, wider layers at directions scattered around a common one,
-    then a veil, following the heavy-rain model of Yang et al. 2017 (Rain100H):
-    O = alpha * (B + sum of streak layers) + (1 - alpha) * A.
-    Streaks are combined by a screen blend 1 - (1 - B)(1 - S), which brightens like real
-    streaks and stays within [0, 1].
-    """
+    """Rain100L-like rain: one layer of thin streaks (up to 30 degrees from vertical); heavy=True,
+    Rain100H-like: three denser, longer, wider layers around a common direction, then a veil, as in
+    Yang et al. 2017: O = alpha (B + streaks) + (1 - alpha) A. Layers combine by a screen blend
+    1 - (1 - B)(1 - S), which brightens like real streaks and stays within [0, 1]."""
     _, h, w = img.shape
     base = rng.uniform(-np.pi / 6, np.pi / 6)
     if heavy:
@@ -330,19 +273,12 @@ def rain(img, rng, heavy=False):
 
 
 def rain_streaks(img, rng):
-    """Training rain from wide ranges (the "streak model": stationary layers, screen blend).
-
-    Per image: n = 1-4 layers around a common direction U(-45, 45) degrees from vertical,
-    each layer off by N(0, 10) degrees. Per layer: streak length U(6, 60) px (at most the
-    image side - 2); width (FWHM of the Gaussian cross-section) log-uniform in [1, 5] px;
-    the fraction of the image the layer's streaks cover, density x length x width,
-    log-uniform in [0.1, 0.6] / sqrt(n), which makes the drop density per pixel range
-    over two decades (clipped to [2e-4, 2e-2]); drop brightness U(0.4, 1) (as in `rain`);
-    layer opacity U(0.4, 0.95); the layer blurred with sigma U(0, 1) px (defocused
-    streaks; none below 0.25). With probability 1/2 a veil: O = a O + (1 - a) A,
-    a ~ U(0.7, 0.97), grey A ~ U(0.6, 1). The direction, length, width, opacity and veil
-    ranges contain those of `rain` (whose heaviest layers cover more than these).
-    """
+    """Training rain: `rain`'s streak model over ranges containing its own (though its heaviest
+    layers cover more). n = 1-4 layers around a direction U(-45, 45) degrees from vertical, each off
+    by N(0, 10) degrees; length U(6, 60) px; width (FWHM) log-uniform in [1, 5] px; covered fraction
+    density x length x width log-uniform in [0.1, 0.6] / sqrt(n) (density clipped to [2e-4, 2e-2]);
+    opacity U(0.4, 0.95); defocus blur sigma U(0, 1) px (none below 0.25). P 1/2 a veil
+    O = a O + (1 - a) A, a ~ U(0.7, 0.97), grey A ~ U(0.6, 1)."""
     _, h, w = img.shape
     base = rng.uniform(-np.pi / 4, np.pi / 4)
     n = int(rng.integers(1, 5))
@@ -365,21 +301,14 @@ def rain_streaks(img, rng):
 
 
 def rain_drops(img, rng):
-    """Unseen rain (the "drop model", for the unseen validation set; training never uses it).
-
-    Raindrops at individual depths, rendered as anti-aliased, motion-blurred line segments
-    and alpha-composited, plus fog. Unlike the streak model, each drop's depth sets its
-    length, thickness and opacity (perspective), directions fan out towards a vanishing
-    point, drops cover the scene with their colour instead of brightening it, and streaks
-    have uniform brightness with soft ends instead of a tapered profile.
-    Drops: H x W x U(0.001, 0.006) of them, centres uniform on the image; depth z
-    log-uniform in [1, 8]; length L0 / z, L0 ~ U(30, 90) px; thickness (FWHM) max(0.8,
-    T0 / z) px, T0 ~ U(2, 5); opacity U(0.35, 0.9) x exp(-0.2 (z - 1)); direction towards a
-    vanishing point U(2, 6) image sides below the centre, U(-25, 25) degrees from vertical;
-    colour grey U(0.75, 1) mixed 25 % with the image's mean colour. Three depth layers,
-    composited far to near. Fog: O = (1 - f) O + f A, f = f0 (1 - 0.5 y / H) (thicker at
-    the top), f0 ~ U(0.05, 0.3), A ~ U(0.7, 0.95).
-    """
+    """Unseen rain, unlike the streak model: drops at their own depths (setting length, thickness and
+    opacity), fanning out towards a vanishing point, covering the scene with their colour rather
+    than brightening it, as uniform segments with soft ends; then fog.
+    H W U(0.001, 0.006) drops, centres uniform; depth z log-uniform in [1, 8]; length U(30, 90) / z
+    px; thickness (FWHM) max(0.8, U(2, 5) / z) px; opacity U(0.35, 0.9) exp(-0.2 (z - 1)); vanishing
+    point U(2, 6) image sides below the centre, U(-25, 25) degrees from vertical; grey U(0.75, 1)
+    mixed 25 % with the image's mean colour; three depth layers composited far to near. Fog:
+    O = (1 - f) O + f A, f = U(0.05, 0.3) (1 - 0.5 y / H) (thicker at the top), A ~ U(0.7, 0.95)."""
     _, h, w = img.shape
     n = max(1, int(round(h * w * rng.uniform(0.001, 0.006))))
     z = np.exp(rng.uniform(0, np.log(8), n))
@@ -403,56 +332,52 @@ def rain_drops(img, rng):
     return (out * (1 - f) + rng.uniform(0.7, 0.95) * f).clamp(0, 1)
 
 
-def _segments(h, w, centre, direction, length, alpha, sigma, step=0.5):
-    """(H, W) opacity of line segments: points every `step` px splatted with bilinear
-    weights (anti-aliased), then a Gaussian cross-section of std `sigma`; scaled so that
-    a segment's opacity is `alpha` on its axis; overlaps add up to at most 1."""
+def _segments(h, w, centre, direction, length, alpha, sigma):
+    """(H, W) opacity of anti-aliased line segments with a Gaussian cross-section of std `sigma`,
+    `alpha` on each axis; overlaps add up to at most 1."""
+    step = 0.5  # px between the points splatted along each segment
     m = (length / step).astype(np.int64) + 1
     idx = np.repeat(np.arange(len(m)), m)
     t = (np.arange(m.sum()) - np.repeat(np.cumsum(m) - m, m)) * step - length[idx] / 2
     p = centre[idx] + t[:, None] * direction[idx]
-    base = np.floor(p - 0.5).astype(np.int64)  # pixel centres at +0.5
-    frac = p - 0.5 - base
     acc = np.zeros((h + 2, w + 2))
-    for oy in (0, 1):
-        for ox in (0, 1):
-            wgt = (frac[:, 0] if oy else 1 - frac[:, 0]) * (frac[:, 1] if ox else 1 - frac[:, 1])
-            y, x = base[:, 0] + oy + 1, base[:, 1] + ox + 1
-            ok = (y >= 0) & (y < h + 2) & (x >= 0) & (x < w + 2)
-            np.add.at(acc, (y[ok], x[ok]), (wgt * alpha[idx] * step)[ok])
+    _splat(acc, p - 0.5, alpha[idx] * step, offset=1)  # pixel centres at +0.5; a 1 px margin
     acc = torch.from_numpy(acc[1:-1, 1:-1].astype(np.float32))[None]
     spread = np.sqrt(sigma ** 2 + 1 / 6)  # bilinear splatting spreads by a tent of variance 1/6
     return (gaussian_blur(acc, sigma)[0] * np.sqrt(2 * np.pi) * spread).clamp(0, 1)
 
 
-def motion_kernel(rng, extent=None, steps=64, wide=False):
-    """Random camera-shake kernel: a random-walk trajectory (velocity with random
-    accelerations of std `jitter`, cf. Boracchi & Foi 2012) scaled to `extent` pixels,
-    rasterised with bilinear weights and normalised to sum 1. Returns (k, k) float32, k odd.
-    Default: extent U(3, 15), jitter 0.25. wide=True (training): extent U(2, 25),
-    jitter U(0.1, 0.6) (from nearly straight to tangled paths).
-    """
-    if extent is None:
-        extent = rng.uniform(2, 25) if wide else rng.uniform(3, 15)
-    jitter = rng.uniform(0.1, 0.6) if wide else 0.25
-    v = _unit(rng.uniform(0, 2 * np.pi, 1))[0] + np.cumsum(rng.normal(0, jitter, (steps, 2)), 0)
-    p = np.cumsum(v, 0)
-    p = p - (p.max(0) + p.min(0)) / 2
-    p = p * (extent / 2) / max(np.abs(p).max(), 1e-9)
-    half = int(np.ceil(extent / 2)) + 1
-    k = np.zeros((2 * half + 1, 2 * half + 1))
+def _splat(acc, p, weight=1.0, offset=0):
+    """Add `weight` at points p (n, 2) into acc with bilinear weights, pixel floor(p) + offset;
+    points off acc are dropped."""
     base = np.floor(p).astype(np.int64)
     frac = p - base
     for oy in (0, 1):
         for ox in (0, 1):
             wgt = (frac[:, 0] if oy else 1 - frac[:, 0]) * (frac[:, 1] if ox else 1 - frac[:, 1])
-            np.add.at(k, (base[:, 0] + oy + half, base[:, 1] + ox + half), wgt)
+            y, x = base[:, 0] + oy + offset, base[:, 1] + ox + offset
+            ok = (y >= 0) & (y < acc.shape[0]) & (x >= 0) & (x < acc.shape[1])
+            np.add.at(acc, (y[ok], x[ok]), (wgt * weight)[ok])
+
+
+def motion_kernel(rng, wide=False):
+    """Camera-shake kernel, (k, k) float32 summing to 1, k odd: a 64-step random walk (accelerations of
+    std `jitter`, cf. Boracchi & Foi 2012) scaled to `extent` px, splatted bilinearly. extent U(3, 15),
+    jitter 0.25; wide=True: extent U(2, 25), jitter U(0.1, 0.6) (nearly straight to tangled paths)."""
+    extent = rng.uniform(2, 25) if wide else rng.uniform(3, 15)
+    jitter = rng.uniform(0.1, 0.6) if wide else 0.25
+    v = _unit(rng.uniform(0, 2 * np.pi, 1))[0] + np.cumsum(rng.normal(0, jitter, (64, 2)), 0)
+    p = np.cumsum(v, 0)
+    p = p - (p.max(0) + p.min(0)) / 2
+    p = p * (extent / 2) / max(np.abs(p).max(), 1e-9)
+    half = int(np.ceil(extent / 2)) + 1
+    k = np.zeros((2 * half + 1, 2 * half + 1))
+    _splat(k, p, offset=half)
     return (k / k.sum()).astype(np.float32)
 
 
 def motion_blur(img, rng, kernel=None, wide=False):
-    """Convolve with a camera-shake kernel (GoPro-like blur), reflect padding; the kernel is
-    `kernel` or motion_kernel(rng, wide=wide)."""
+    """Convolve with `kernel`, else motion_kernel(rng, wide=wide) (GoPro-like blur); reflect padding."""
     k = torch.from_numpy(motion_kernel(rng, wide=wide) if kernel is None else kernel)
     p = k.shape[0] // 2
     mode = "reflect" if min(img.shape[1:]) > p else "replicate"
@@ -465,11 +390,9 @@ def motion_blur(img, rng, kernel=None, wide=False):
 
 
 def defocus_kernel(rng):
-    """Unseen blur kernel (for the unseen validation set; training never uses it): a
-    defocus disk of radius U(1.5, 4) px smeared along a straight line of length U(0, 8) px at
-    any angle (object or linear camera motion), anti-aliased by 4 x 4 supersampling,
-    normalised to sum 1. Training kernels are thin random-walk paths (motion_kernel).
-    Returns (k, k) float32, k odd."""
+    """Unseen blur kernel, (k, k) float32 summing to 1, k odd: a defocus disk of radius U(1.5, 4)
+    px smeared along a line of length U(0, 8) px at any angle (object or linear camera motion),
+    4 x 4 supersampled; unlike motion_kernel's thin random-walk paths."""
     r, length, angle = rng.uniform(1.5, 4), rng.uniform(0, 8), rng.uniform(0, np.pi)
     half = int(np.ceil(r + length / 2)) + 1
     g = np.arange(-half, half + 1)[:, None] + (np.arange(4) + 0.5)[None, :] / 4 - 0.5
@@ -501,14 +424,16 @@ def downsample_upsample(img, scale=SR_SCALE):
     return upsample(lr[0], (h, w))
 
 
-def make_mask(h, w, rng, kind="thin", coverage=None):
-    """Inpainting hole mask (H, W) bool, True = missing, covering about `coverage`.
+def upsample(img, size):
+    """Bicubic resize of (3, h, w) to size=(H, W), clamped to [0, 1]."""
+    out = F.interpolate(img[None], size=tuple(size), mode="bicubic", align_corners=False)
+    return out[0].clamp(0, 1)
 
-    "thin": random brush strokes of width 2-5 % of the image side (like the "thin" masks of
-    RePaint/LaMa), default coverage 10-30 %. "thick": strokes of width 6-15 % mixed with
-    boxes and ellipses, default coverage 25-45 %. Shapes are added until the coverage is
-    reached, so it overshoots by at most one stroke or shape.
-    """
+
+def make_mask(h, w, rng, kind="thin", coverage=None):
+    """Inpainting holes (H, W) bool, True = missing, shapes added until they cover `coverage`: "thin",
+    brush strokes 2-5 % of the image side wide (like RePaint/LaMa's thin masks), coverage U(0.1, 0.3)
+    by default; "thick", strokes 6-15 % wide mixed with boxes and ellipses, U(0.25, 0.45)."""
     if kind not in ("thin", "thick"):
         raise ValueError(f"unknown mask kind {kind!r}; expected 'thin' or 'thick'")
     lo, hi = (0.1, 0.3) if kind == "thin" else (0.25, 0.45)
@@ -540,10 +465,8 @@ def _add_stroke(mask, rng, width, side):
 
 
 def _add_polyline(mask, pts, radius):
-    """Set the pixels whose centre lies within `radius` of the polyline through pts (k, 2).
-
-    All segments at once, each on its own box (boxes padded to a common size).
-    """
+    """Set the pixels whose centre lies within `radius` of the polyline through pts (k, 2); all
+    segments at once, each on its own box (padded to a common size)."""
     h, w = mask.shape
     p, q = pts[:-1], pts[1:]
     lo = np.floor(np.minimum(p, q) - radius).astype(np.int64)
@@ -571,17 +494,15 @@ def _add_blob(mask, rng, side):
 
 
 def inpaint_mask(img, rng, kind="thin", coverage=None):
-    """Masked image: holes (make_mask with the same rng) filled with 1.0, as in the
-    reference code's inpainting inputs."""
+    """make_mask's holes (same arguments) filled with 1.0, as in the reference's inpainting inputs."""
     mask = make_mask(img.shape[1], img.shape[2], rng, kind, coverage)
     return torch.where(mask, torch.ones(()), img)
 
 
 def blob_mask(h, w, rng, coverage=None):
-    """Unseen inpainting mask (for the unseen validation set; training uses brush strokes
-    and boxes, make_mask): irregular blobs, a smooth random field with 3-8 control points
-    per side thresholded at its (1 - coverage) quantile, coverage U(0.15, 0.4) by default.
-    Returns (H, W) bool, True = missing."""
+    """Unseen inpainting holes (H, W) bool, True = missing: irregular blobs where a smooth random
+    field (3-8 control points per side) exceeds its (1 - coverage) quantile, coverage U(0.15, 0.4)
+    by default."""
     f = _smooth_field(h, w, rng, int(rng.integers(3, 9)), 0, 1)
     coverage = rng.uniform(0.15, 0.4) if coverage is None else float(coverage)
     return torch.from_numpy(f > np.quantile(f, 1 - coverage))
@@ -593,13 +514,9 @@ def inpaint_blobs(img, rng):
 
 
 def haze(img, rng, wide=False):
-    """Atmospheric scattering I = J t + A (1 - t), t = exp(-beta d) (RESIDE's model).
-
-    d: synthetic smooth depth in [0.2, 1] (a ramp in a random direction plus low-frequency
-    noise). Default: beta ~ U(0.6, 1.8) as in RESIDE, airlight A ~ U(0.8, 1.0) with a tint
-    of std 0.02 per channel. wide=True (training): beta ~ U(0.4, 2.5), A ~ U(0.6, 1.0),
-    tint std 0.05.
-    """
+    """Haze I = J t + A (1 - t), t = exp(-beta d) (RESIDE's model), d a smooth depth in [0.2, 1] (a ramp
+    in a random direction plus low-frequency noise): beta ~ U(0.6, 1.8) as in RESIDE, airlight
+    A ~ U(0.8, 1) + N(0, 0.02) per channel; wide=True: beta ~ U(0.4, 2.5), A ~ U(0.6, 1), tint 0.05."""
     _, h, w = img.shape
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
     g = _unit(rng.uniform(0, 2 * np.pi, 1))[0]
@@ -613,15 +530,10 @@ def haze(img, rng, wide=False):
 
 
 def fog(img, rng):
-    """Unseen haze (for the unseen validation set; training uses `haze`): patchy,
-    non-homogeneous fog over the depth of a ground plane.
-
-    Depth: horizon at U(0.1, 0.6) x H from the top; d = 1 above it (sky), below it
-    d = c / (c + (y - horizon) / H) with c ~ U(0.1, 0.4) (near the bottom is near).
-    Density: beta = b0 x a smooth field in [0.3, 1.7] with 3-6 control points per side,
-    b0 ~ U(0.8, 2.0); t = exp(-beta d). Airlight brighter towards the top, A = A0 +
-    0.08 (1 - y / H), A0 ~ U(0.7, 0.9), tinted bluish (red -0.02, blue +0.03).
-    """
+    """Unseen haze: patchy fog over a ground plane. d = 1 above a horizon at U(0.1, 0.6) H from the top
+    (sky), c / (c + (y - horizon) / H) below it, c ~ U(0.1, 0.4); t = exp(-beta d), beta = U(0.8, 2)
+    x a smooth field in [0.3, 1.7] (3-6 control points per side); airlight U(0.7, 0.9) +
+    0.08 (1 - y / H), bluish (red -0.02, blue +0.03)."""
     _, h, w = img.shape
     y = np.arange(h)[:, None] / h
     horizon, c = rng.uniform(0.1, 0.6), rng.uniform(0.1, 0.4)
@@ -631,12 +543,3 @@ def fog(img, rng):
     a = rng.uniform(0.7, 0.9) + 0.08 * (1 - y) + np.array([-0.02, 0, 0.03])[:, None, None]
     airlight = torch.from_numpy(a).float()
     return (img * t + airlight * (1 - t)).clamp(0, 1)
-
-
-# ----------------------------------------------------------------------------- resizing
-
-def upsample(img, size):
-    """Bicubic resize of (3, h, w) to size=(H, W), clamped to [0, 1]."""
-    out = F.interpolate(img[None], size=tuple(size), mode="bicubic", align_corners=False)
-    return out[0].clamp(0, 1)
-

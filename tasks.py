@@ -1,16 +1,18 @@
 """The restoration tasks of PAPER.md §9, one row each: everything that differs between them.
 
 A row holds the task's degradations (how the built-in data makes a low-quality image from a clean
-one, per split), its SDE for training and that of the authors' test configs (lambda on the 0-255
-scale and eps = e^{-theta_bar_T}; PAPER.md §5, §6), whether the network sees the LQ image mu (the
-denoising SDE does not: mu = x0 is unknown, Sec. 4.3), its samplers and the seed of its fixed
-validation sets. Adding a task means one row here and one generator in synthetic.py; train.py,
-sample.py and the tests pick it up from the table.
-
-A degradation is f(clean, rng) -> LQ, clean a (3, H, W) tensor in [0, 1] and every random draw
-taken from the numpy Generator rng. The splits: "train" (wide ranges), "val" (fixed; the paper's
-settings) and "unseen" (fixed; a model that training never uses). Each calls synthetic's
-generators through the module at call time, so that tests can watch which ones run.
+one, per split), its SDE (lambda on the 0-255 scale and eps = e^{-theta_bar_T}; PAPER.md §5, §6),
+whether the network sees the LQ image mu (the denoising SDE does not: mu = x0 is unknown, Sec.
+4.3), its samplers and the seed of its fixed validation sets. A new task is one row here and its
+generator in synthetic.py; train.py, sample.py and the tests pick it up from the table. The rules
+a row keeps, each checked where it is used:
+- a degradation is f(clean, rng) -> LQ, clean a (3, H, W) tensor in [0, 1], every random draw from
+  the numpy Generator rng; splits "train" (wide ranges), "val" (fixed; the paper's settings) and
+  "unseen" (fixed; a generator that train and val never call, or None: the val degradation on
+  photographs training never sees). Each calls synthetic's generators through the module at call
+  time, so that tests can watch which ones run;
+- val_seed is the task's own: no other row has it;
+- reference is the (lambda, eps) of the authors' test config, or None where they released no weights.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -22,13 +24,13 @@ import synthetic
 class Task:
     train: Callable                      # degradation of the training pairs: wide ranges
     val: Callable                        # of the fixed validation set: the paper's setting
-    unseen: Callable                     # of the fixed unseen set: a model training never uses
+    unseen: Optional[Callable]           # of the fixed unseen set: a model training never uses, or None
     lam: float                           # lambda for training, 0-255 scale (the reference's configs)
     eps: float                           # e^{-theta_bar_T}
-    reference: tuple                     # (lambda, eps) of the authors' test config: their weights
     val_seed: int                        # seeds the fixed val/unseen sets; unique, never reused
+    reference: Optional[tuple] = None    # (lambda, eps) of the authors' test config: their weights
     conditional: bool = True             # the network sees mu; False: the denoising SDE, mu = x0 unknown
-    sampler: str = "posterior"           # the authors' sampler, over every index (PAPER.md §6)
+    sampler: str = "posterior"           # the authors' sampler, over every index: posterior, the ODE for denoising
     few_step_sampler: str = "posterior"  # the sampler over fewer, respaced indices (PAPER.md §7)
     noise_sigma: Optional[float] = None  # its inputs' noise level: restoration starts at t* (Sec. 4.3)
     scale: int = 1                       # the authors' test upsamples their LQ input by this (SR)
@@ -59,9 +61,9 @@ TASKS = {
                    lam=10, eps=0.005, reference=(10, 0.005), val_seed=1),
     "deblur": Task(lambda c, r: synthetic.motion_blur(c, r, wide=True), lambda c, r: synthetic.motion_blur(c, r),
                    lambda c, r: synthetic.defocus_blur(c, r), lam=10, eps=0.005, reference=(10, 0.005), val_seed=2),
-    "denoise": Task(_noise, _noise, _noise, lam=70, eps=0.04, reference=(75, 0.04), val_seed=3, conditional=False,
+    "denoise": Task(_noise, _noise, None, lam=70, eps=0.04, reference=(75, 0.04), val_seed=3, conditional=False,
                     sampler="ode", few_step_sampler="ddim", noise_sigma=synthetic.NOISE_SIGMA),
-    "sr": Task(_bicubic, _bicubic, _bicubic, lam=30, eps=0.005, reference=(30, 0.005), val_seed=4,
+    "sr": Task(_bicubic, _bicubic, None, lam=30, eps=0.005, reference=(30, 0.005), val_seed=4,
                scale=synthetic.SR_SCALE),
     "inpaint": Task(_inpaint_train, lambda c, r: synthetic.inpaint_mask(c, r, kind="thin"),
                     lambda c, r: synthetic.inpaint_blobs(c, r), lam=30, eps=0.005, reference=(30, 0.005), val_seed=5),

@@ -10,11 +10,12 @@ is batch x GPUs while the learning rate stays as given):
 Resume (the checkpoint holds every setting and random state):
     python train.py --resume runs/derain/last.pt
 
-The script reads top to bottom: flags (flags.py: presets, the task's row of tasks.py, every check),
-data, model, optimizer, then the loop: batch, loss, backward, step, EMA, log / validate / save.
-`Run` holds checkpointing and stopping around the loop. Mixed precision is chosen by the device
-(restore.use_bf16): bf16 autocast on CUDA and on CPUs with native bf16, float32 elsewhere or with
---fp32. Without --data it trains on built-in synthetic pairs and validates on two fixed sets.
+`main` reads top to bottom: flags (flags.py: presets, the task's row of tasks.py, every check), data,
+model, optimizer, then the loop: batch, loss, backward, step, EMA, log / validate and save. The loss
+is `batch_loss`, the paper's training step. `Run` holds checkpointing and stopping around the loop.
+Mixed precision is chosen by the device (restore.use_bf16): bf16 autocast on CUDA and on CPUs with
+native bf16, float32 elsewhere or with --fp32. Without --data it trains on built-in synthetic pairs
+and validates on two fixed sets.
 """
 import contextlib
 import json
@@ -58,7 +59,7 @@ def main(argv=None):
         data.check_writable(out, "the output folder")
         if args.val is None:  # the built-in sets, exported for sample.py
             for name, val_set in val_sets.items():
-                export_val_set(val_set, out / name)
+                data.export_pairs(val_set, out / name)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     np.random.seed(args.seed)
     random.seed(args.seed)
@@ -67,7 +68,7 @@ def main(argv=None):
     # ---- model
     net, sde = checkpoint.build(args, device, ckpt and ckpt["config"]["net"])
     if args.init_from and ckpt is None:  # a resumed run has its own weights
-        init_weights(net, args.init_from, args.task)
+        checkpoint.init_from(net, args.init_from, args.task)
     config = checkpoint.make_config(args, net, sde, train_set.scale if args.data else 1)
 
     # ---- optimizer
@@ -81,10 +82,10 @@ def main(argv=None):
     if args.compile:
         model = torch.compile(model, mode=args.compile)
     batches = iter(DataLoader(train_set, batch_size=args.batch,
-                              sampler=sample_order(len(train_set), args.seed, rank, world, step * args.batch),
+                              sampler=data.sample_order(len(train_set), args.seed, rank, world, step * args.batch),
                               num_workers=args.workers, pin_memory=device.type == "cuda",
                               persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers > 0 else None,
-                              worker_init_fn=ignore_stop_signals))
+                              worker_init_fn=data.ignore_stop_signals))
     if rank == 0:
         print(f"{args.task}: {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters, {world} x {device}, "
               f"{'bf16 autocast' if restore.use_bf16(device, args.fp32) else 'float32'}, batch {args.batch} x "
@@ -125,6 +126,36 @@ def main(argv=None):
         run.check_finite()  # a signal's save must not keep a non-finite model
     del model  # DDP holds the process group, which finish destroys
     finish(run, net, rank, world)
+
+
+# ---- the loss ----------------------------------------------------------------------------------
+
+def batch_loss(net, sde, args, lq, gt, generator):
+    """The loss of one batch (B, 3, H, W): the paper's training step (PAPER.md §6) draws t uniform on
+    1..T, x_t from the marginal (eq. 6), and takes the ML loss (eq. 15) of the network's noise. Each
+    of this project's variants branches off it once: --loss cnn / noise / ml-posterior, --param x0,
+    --t-draw chain (irsde.py, "beyond the paper"). The network runs under bf16 autocast where
+    restore.use_bf16 says so; the SDE arithmetic stays float32."""
+    forward = restore.network(net, gt.device, bf16=restore.use_bf16(gt.device, args.fp32))
+    if args.loss == "cnn":  # the paper's CNN baseline: the same network trained with L1 from LQ to HQ
+        return F.l1_loss(lq + forward(lq, None, None), gt)
+    mu = lq if tasks.TASKS[args.task].conditional else None  # None: the denoising SDE, mu = x0 (Sec. 4.3)
+    model = irsde.noise_model(forward, sde, args.param)  # --param x0: the network predicts x0 - mu
+    n, device = gt.shape[0], gt.device
+    if args.t_draw == "uniform":  # the paper: t ~ U{1..T}, x_t ~ p(x_t | x0) (eq. 6)
+        t = torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
+        x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
+    else:  # --t-draw chain: an index restoration visits, x_t where the sampler's own chain stands there
+        ts = irsde.timesteps(sde, args.sample_steps)
+        grid = torch.tensor(ts[:-1], device=device)
+        t = grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
+        x_t = irsde.chain_states(model, sde, mu, t, ts, args.sampler, generator, args.clip_x0)
+    noise_pred = model(x_t, mu, t)  # eps_phi(x_t, mu, t)
+    if args.loss == "ml":  # the paper: eq. 15
+        return sde.ml_loss(x_t, mu, gt, noise_pred, t)
+    if args.loss == "noise":  # the paper's alternative: noise matching, eq. 10
+        return sde.noise_matching_loss(noise_pred, noise)
+    return irsde.posterior_ml_loss(sde, x_t, mu, gt, noise_pred, t)  # --loss ml-posterior: |x0_hat - x0|
 
 
 # ---- set-up ------------------------------------------------------------------------------------
@@ -198,88 +229,16 @@ class EMA(AveragedModel):
         self.n_averaged += 1
 
 
-def export_val_set(val_set, folder):
-    """Write the synthetic validation pairs as <folder>/LQ and <folder>/GT."""
-    for k in range(len(val_set)):
-        lq, gt = val_set[k]
-        data.save_image(lq.clamp(0, 1), folder / "LQ" / f"{k:03d}.png")
-        data.save_image(gt, folder / "GT" / f"{k:03d}.png")
-
-
-def init_weights(net, path, task):
-    """Copy the weights of a train.py checkpoint or of the authors' .pth into net (fine-tuning)."""
-    source = checkpoint.load(path, "cpu", task)[0]
-    arch = lambda config: {k: v for k, v in config.items() if k != "zero_out"}  # zero_out: init only
-    if type(source) is not type(net) or arch(source.config) != arch(net.config):
-        raise data.DataError(f"{path}: its network {arch(source.config)} is not this run's "
-                             f"{arch(net.config)}; choose the matching --net (the authors' is paper)")
-    net.load_state_dict(source.state_dict())
-
-
-def sample_order(n, seed, rank=0, world=1, start=0):
-    """(epoch, index) pairs without end: one seeded permutation of the n pairs per epoch, dealt
-    round-robin to the ranks, from this rank's `start`-th sample on (a resumed run sees the
-    same batches). The datasets take the epoch with the index (data._epoch_index)."""
-    position = start * world + rank
-    while True:
-        epoch = position // n
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-        while position // n == epoch:
-            yield epoch, int(order[position % n])
-            position += world
-
-
-def ignore_stop_signals(worker_id):
-    """Loader workers ignore Ctrl-C and SIGTERM: sent to the whole process group (a terminal, timeout,
-    SLURM, docker stop), they would otherwise kill the workers and the run with them. The main
-    process stops the run; the workers end with it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-# ---- the loss ----------------------------------------------------------------------------------
-
-def batch_loss(net, sde, args, lq, gt, generator):
-    """The loss of one batch (B, 3, H, W): the paper's training step (PAPER.md §6) draws t uniform on
-    1..T, x_t from the marginal (eq. 6), and takes the ML loss (eq. 15) of the network's noise. Each
-    of this project's variants branches off it once: --loss cnn / noise / ml-posterior, --param x0,
-    --t-draw chain (irsde.py, "beyond the paper"). The network runs under bf16 autocast where
-    restore.use_bf16 says so; the SDE arithmetic stays float32."""
-    forward = restore.network(net, gt.device, bf16=restore.use_bf16(gt.device, args.fp32))
-    if args.loss == "cnn":  # the paper's CNN baseline: the same network trained with L1 from LQ to HQ
-        return F.l1_loss(lq + forward(lq, None, None), gt)
-    mu = lq if tasks.TASKS[args.task].conditional else None  # None: the denoising SDE, mu = x0 (Sec. 4.3)
-    model = irsde.noise_model(forward, sde, args.param)  # --param x0: the network predicts x0 - mu
-    n, device = gt.shape[0], gt.device
-    if args.t_draw == "uniform":  # the paper: t ~ U{1..T}, x_t ~ p(x_t | x0) (eq. 6)
-        t = torch.randint(1, sde.T + 1, (n,), generator=generator, device=device)
-        x_t, noise = sde.q_sample(mu, gt, t, generator=generator)
-    else:  # --t-draw chain: an index restoration visits, x_t where the sampler's own chain stands there
-        ts = irsde.timesteps(sde, args.sample_steps)
-        grid = torch.tensor(ts[:-1], device=device)
-        t = grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
-        x_t = irsde.chain_states(model, sde, mu, t, ts, args.sampler, generator, args.clip_x0)
-    noise_pred = model(x_t, mu, t)  # eps_phi(x_t, mu, t)
-    if args.loss == "ml":  # the paper: eq. 15
-        return sde.ml_loss(x_t, mu, gt, noise_pred, t)
-    if args.loss == "noise":  # the paper's alternative: noise matching, eq. 10
-        return sde.noise_matching_loss(noise_pred, noise)
-    return irsde.posterior_ml_loss(sde, x_t, mu, gt, noise_pred, t)  # --loss ml-posterior: |x0_hat - x0|
-
-
 # ---- checkpointing and stopping ----------------------------------------------------------------
 
 class Run:
-    """Checkpointing and stopping around the training loop. Ctrl-C or SIGTERM, to the process or
-    its whole group, sets `signal`: the loop finishes its step and ends, and leaving the block
-    saves last.pt and says how to resume (`finish` then exits 128 + signal, so that
-    `train.py ... && sample.py ...` stops). An exception first saves the steps done since the
-    last checkpoint when the file can be written, and prints the --resume command; a NaN loss
-    (FloatingPointError) keeps the last good checkpoint as it is.
-
-    The loss is checked for NaN on the device (`watch`) and read by the host only when the loop
-    logs, validates or saves (`check_finite`): reading it every step would make the CPU wait for
-    the GPU at every step, so that it could not queue the next one while the GPU runs this one."""
+    """Checkpointing and stopping around the training loop. Ctrl-C or SIGTERM, to the process or its
+    whole group, sets `signal`: the loop ends after its step, leaving the block saves last.pt, and
+    `finish` exits 128 + signal, so that `train.py ... && sample.py ...` stops. An exception first
+    saves the steps done since the last checkpoint and prints the --resume command; a NaN loss
+    (FloatingPointError) keeps the last good checkpoint. The loss is checked for NaN on the device
+    (`watch`) and read by the host only when the loop logs, validates or saves (`check_finite`):
+    a read every step would make the host wait for the GPU instead of queueing the next step."""
 
     def __init__(self, path, rank, step, state):
         self.path, self.rank, self.step, self.saved, self.state, self.signal = path, rank, step, step, state, None
@@ -377,9 +336,9 @@ def log_training(log, args, step, loss, lr, world, its):
 
 
 class Pace:
-    """Steps per second since the last reset (validation is left out), and one early estimate of
-    the run's time: after the first step of this session (warm-up), once 5 more steps or 20 s have
-    passed, so that a recipe too long for the machine says so within the first minute."""
+    """Steps per second since the last reset (validation left out), and one estimate of the run's
+    time once 5 steps after the first (warm-up) or 20 s have passed: a recipe too long for the
+    machine says so within the first minute."""
 
     def __init__(self, step):
         self.reset(step)

@@ -19,27 +19,22 @@ and depth = len(mults) - 1 levels:
            then nearest-neighbour x2 + 3x3 conv to c_i (the top level: a 3x3 conv)
     final  cat(x, init conv output) -> ResBlock -> 3x3 conv -> out_ch
 
-ResBlock: SiLU(conv3x3(x) * (1 + scale) + shift) -> SiLU(conv3x3), plus x (a 1x1 conv if the
-width changes), scale/shift from Linear(SiLU(time embedding)); no normalisation. Attention:
-x + out(attend(LayerNorm over channels(x))), 4 heads of 32 channels; linear attention, except
-the denoising SDE's softmax attention in the bottleneck. As in the authors' code, only the
-down/upsampling convs, the attention output convs and the final conv have a bias.
-
-Presets (parameters with cond=True; tests/test_unet.py checks them):
+As in the authors' code, only the down/upsampling convs, the attention output convs and the final
+conv have a bias. Presets, with parameters for cond=True (tests/test_unet.py checks them) and use:
     paper  width 64, mults 1-2-4-8-16, 2 blocks, attention everywhere    137,147,523
-    small  width 32, mults 1-2-2-4-4,  2 blocks, attention at levels 2-3   5,126,339
-    tiny   width 32, mults 1-2-2-2-2,  1 block,  attention in bottleneck,  1,435,267
-    micro  width 16, mults 1-2-2-2-2,  1 block,  attention in bottleneck,    371,267
-           small, tiny and micro: pre-activation GroupNorm blocks
+    small  width 32, mults 1-2-2-4-4,  2 blocks, attention at levels 2-3   5,126,339  gpu recipe
+    tiny   width 32, mults 1-2-2-2-2,  1 block,  attention in bottleneck   1,435,267  CPU runs
+    micro  width 16, mults 1-2-2-2-2,  1 block,  attention in bottleneck     371,267  tiny recipe
 
-preact=True (small, tiny, micro) swaps the authors' ResBlock for the pre-activation GroupNorm block
-of DDPM/ADM: without normalisation the narrow networks did not restore within minutes (the small
-one's CNN baseline: 21.01 dB PSNR-Y on `val` after 1000 steps without, 24.43 with; RESULTS.md §10).
-One deliberate difference, in every preset: the final conv is zero-initialised (zero_out=True),
-so an untrained network outputs 0, the mean of the noise it predicts, and the CNN baseline's
-residual mu + net(mu) starts as the identity. It changes neither the architecture nor the weight
-names. Images smaller than the padding (e.g. 5 x 7 with depth 4) are replicate-padded: reflect
-padding needs pad < size.
+tiny was sized for batches of 8 crops of 32 x 32; micro, at a quarter of tiny's FLOPs, restores
+better after the tiny (CPU) recipe's steps. small, tiny and micro swap the authors'
+ResBlock for the pre-activation GroupNorm block of DDPM/ADM (preact=True): without normalisation
+the narrow networks did not restore within minutes (the small one's CNN baseline: 21.01 dB PSNR-Y
+on `val` after 1000 steps without, 24.43 with; tiny: +1.9 dB PSNR-Y on the validation set after
+1200 steps). One deliberate difference, in every preset: the final conv is zero-initialised
+(zero_out=True), so an untrained network outputs 0, the mean of the noise it predicts, and the CNN
+baseline's residual mu + net(mu) starts as the identity. It changes neither the architecture nor
+the weight names.
 """
 import functools
 import math
@@ -52,22 +47,17 @@ import torch.nn.functional as F
 MID_ATTN = ("auto", "linear", "softmax", "none")
 
 PRESETS = {
-    # the authors' network; "auto": softmax bottleneck attention with cond=False (denoising SDE)
     "paper": dict(width=64, mults=(1, 2, 4, 8, 16), blocks=2, attn=True, mid_attn="auto"),
-    # between the two (the gpu preset's): two blocks per level, attention at the two coarsest levels
     "small": dict(width=32, mults=(1, 2, 2, 4, 4), blocks=2, attn=(False, False, True, True),
                   mid_attn="linear", preact=True),
-    # CPU runs: batch 8 of 32 x 32 crops; pre-activation GroupNorm blocks (RESULTS.md §3: +1.9 dB
-    # PSNR-Y on the validation set after 1200 steps)
     "tiny": dict(width=32, mults=(1, 2, 2, 2, 2), blocks=1, attn=False, mid_attn="linear", preact=True),
 }
-# the CPU quick start's: tiny at half the width, a quarter of the FLOPs, and better after its
-# 32 x 32 steps (RESULTS.md §1)
 PRESETS["micro"] = dict(PRESETS["tiny"], width=16)
 
 
 def pad_to_multiple(x, m):
-    """Pad bottom/right so H and W are multiples of m: reflect, or replicate where pad >= size."""
+    """Pad bottom/right so H and W are multiples of m: reflect, or replicate where pad >= size
+    (e.g. 5 x 7 with m = 16), since reflect padding needs pad < size."""
     h, w = x.shape[-2:]
     ph, pw = -h % m, -w % m
     if ph == 0 and pw == 0:
@@ -92,11 +82,8 @@ class SinusoidalEmbedding(nn.Module):
 
 
 class ChannelNorm(nn.Module):
-    """LayerNorm over the channels of each pixel, with a gain and no bias.
-
-    Statistics in float32 (bf16 autocast); the eps follows the authors: 1e-5 for float32 inputs,
-    1e-3 for half precision.
-    """
+    """LayerNorm over the channels of each pixel, gain and no bias; float32 statistics (bf16
+    autocast); eps as the authors': 1e-5 for float32 inputs, 1e-3 for half precision."""
 
     def __init__(self, dim):
         super().__init__()
@@ -108,12 +95,21 @@ class ChannelNorm(nn.Module):
         return ((x - mean) * (var + eps).rsqrt() * self.g).to(x.dtype)
 
 
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 under bf16 autocast, as ADM's GroupNorm32. CUDA's autocast
+    does so by itself; the CPU's runs it in bf16, whose channels_last backward took 40% of a tiny
+    preset training step (3x the float32 one)."""
+
+    def forward(self, x):
+        return super().forward(x.float()).to(x.dtype)
+
+
 class ResBlock(nn.Module):
-    """The authors' block: SiLU(conv2(SiLU(conv1(x) * (1 + scale) + shift))) + skip(x).
-    preact=True: the pre-activation GroupNorm block of DDPM/ADM (conv biases included),
-    skip(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))) * (1 + scale) + shift)). scale/shift come from
-    t's embedding: the step index tells the block how much noise is left in x (PAPER.md §8).
-    """
+    """The authors' block, without normalisation: SiLU(conv2(SiLU(conv1(x) * (1 + scale) + shift)))
+    + skip(x), skip a 1x1 conv if the width changes. preact=True: the pre-activation GroupNorm block
+    of DDPM/ADM (conv biases included), skip(x) + conv2(SiLU(GN(conv1(SiLU(GN(x)))) * (1 + scale) +
+    shift)). scale/shift = Linear(SiLU(t's embedding)): the step index tells the block how much
+    noise is left in x (PAPER.md §8)."""
 
     def __init__(self, c_in, c_out, t_dim, preact=False):
         super().__init__()
@@ -122,8 +118,9 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=preact)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=preact)
         self.skip = nn.Conv2d(c_in, c_out, 1, bias=preact) if c_in != c_out else nn.Identity()
-        if preact:
-            self.norm1, self.norm2 = _group_norm(c_in), _group_norm(c_out)
+        if preact:  # up to 32 groups of >= 2 channels: statistics defined on a 1 x 1 bottleneck
+            self.norm1, self.norm2 = (GroupNorm32(math.gcd(32, c // 2), c, eps=1e-6)
+                                      for c in (c_in, c_out))
 
     def forward(self, x, emb):
         scale, shift = self.time(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
@@ -134,28 +131,11 @@ class ResBlock(nn.Module):
         return F.silu(self.conv2(h)) + self.skip(x)
 
 
-def _group_norm(ch):
-    """Up to 32 groups of at least 2 channels: statistics stay defined on a 1 x 1 bottleneck."""
-    return GroupNorm32(math.gcd(32, ch // 2), ch, eps=1e-6)
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 under bf16 autocast, as ADM's GroupNorm32. CUDA's autocast
-    does so by itself; the CPU's runs it in bf16, whose channels_last backward took 40% of a tiny
-    preset training step (3x the float32 one)."""
-
-    def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
-
-
 class Attention(nn.Module):
-    """x + out(attend(norm(x))): self-attention over the pixels, 4 heads of 32 channels.
-
-    linear=True: q is softmax-normalised over its channels and k over the pixels, so the context
-    k v^T is (32 x 32) per head and the cost is linear in the number of pixels; out is a 1x1 conv
-    followed by a ChannelNorm. linear=False: softmax(q^T k / sqrt(32)) attention, quadratic in
-    the number of pixels (the denoising SDE's bottleneck); out is a 1x1 conv.
-    """
+    """x + out(attend(ChannelNorm(x))): self-attention over the pixels, 4 heads of 32 channels.
+    linear=True: q softmax-normalised over its channels, k over the pixels: the context k v^T is
+    32 x 32 per head, the cost linear in the pixels; out: 1x1 conv, ChannelNorm. linear=False:
+    softmax(q^T k / sqrt(32)), quadratic (the denoising SDE's bottleneck); out: 1x1 conv."""
 
     def __init__(self, dim, linear=True, heads=4, dim_head=32):
         super().__init__()
@@ -188,10 +168,8 @@ class DownLevel(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleList(block(c, c) for _ in range(blocks))
         self.attn = Attention(c) if attn else nn.Identity()
-        if deepest:
-            self.down = nn.Conv2d(c, c_next, 3, padding=1, bias=False)
-        else:
-            self.down = nn.Conv2d(c, c_next, 4, stride=2, padding=1)
+        self.down = (nn.Conv2d(c, c_next, 3, padding=1, bias=False) if deepest
+                     else nn.Conv2d(c, c_next, 4, stride=2, padding=1))
 
     def forward(self, x, emb, skips):
         for block in self.blocks[:-1]:
@@ -222,16 +200,11 @@ class UpLevel(nn.Module):
 
 
 class UNet(nn.Module):
-    """Noise network eps_phi(x, mu, t) of IR-SDE; the module docstring describes the layout.
-
-    in_ch/out_ch: image channels; width: channels of the first level; mults: channel multipliers
-    of the levels, the last one that of the bottleneck (depth = len(mults) - 1 levels, the image is
-    downsampled depth - 1 times); blocks: ResBlocks per level; attn: linear attention at every
+    """Noise network eps_phi(x, mu, t) of IR-SDE; the module docstring describes the layout and
+    in_ch, out_ch, width, mults, blocks, cond, zero_out and preact. attn: linear attention at every
     level (a bool) or per level (one bool each); mid_attn: bottleneck attention, "linear",
-    "softmax", "none" or "auto" (the authors' choice: linear if cond else softmax); cond: input
-    cat(x - mu, mu) instead of x; zero_out: zero-initialise the final conv.
-    The defaults are the paper network. `UNet(**net.config)` rebuilds the architecture.
-    """
+    "softmax", "none" or "auto" (the authors' choice: linear if cond else softmax). The defaults
+    are the paper network; `UNet(**net.config)` rebuilds the architecture."""
 
     def __init__(self, in_ch=3, out_ch=3, width=64, mults=(1, 2, 4, 8, 16), blocks=2, attn=True,
                  mid_attn="auto", cond=True, zero_out=True, preact=False):
@@ -241,7 +214,17 @@ class UNet(nn.Module):
         attn = [bool(attn)] * depth if isinstance(attn, bool) else [bool(a) for a in attn]
         if mid_attn == "auto":
             mid_attn = "linear" if cond else "softmax"
-        _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_attn)
+        if len(mults) < 2 or min(mults) < 1:
+            raise ValueError("unet.py: mults needs positive ints for at least one level and the "
+                             f"bottleneck, got {mults}")
+        if min(in_ch, out_ch, blocks) < 1:
+            raise ValueError("unet.py: in_ch, out_ch and blocks must be >= 1")
+        if width < 4 or width % 2:  # the time embedding has width/2 >= 2 frequencies
+            raise ValueError(f"unet.py: width must be even and >= 4, got {width}")
+        if len(attn) != depth:
+            raise ValueError(f"unet.py: attn needs one flag per level ({depth}), got {attn}")
+        if mid_attn not in MID_ATTN:
+            raise ValueError(f"unet.py: mid_attn must be one of {MID_ATTN}, got {mid_attn!r}")
         self.config = dict(in_ch=in_ch, out_ch=out_ch, width=width, mults=mults, blocks=blocks,
                            attn=attn, mid_attn=mid_attn, cond=bool(cond), zero_out=bool(zero_out),
                            preact=bool(preact))
@@ -269,10 +252,8 @@ class UNet(nn.Module):
             nn.init.zeros_(self.final_conv.bias)
 
     def forward(self, x, mu=None, t=None):
-        """x (B, in_ch, H, W), mu like x (ignored if cond=False), t (B,) step index or None (0).
-
-        Returns the predicted noise (or residual), shape (B, out_ch, H, W), for any H x W.
-        """
+        """x (B, in_ch, H, W), mu like x (ignored if cond=False), t (B,) step index or None (0) ->
+        the predicted noise (or residual), (B, out_ch, H, W), for any H x W."""
         h, w = x.shape[-2:]
         emb = self.time_mlp(self._steps(t, x))
         z = init = self.init_conv(pad_to_multiple(self._network_input(x, mu), 2 ** self.depth))
@@ -300,29 +281,11 @@ class UNet(nn.Module):
     def _steps(t, x):
         """Step indices as a (B,) tensor: None -> zeros, a scalar is broadcast to the batch."""
         b = x.shape[0]
-        if t is None:
-            return torch.zeros(b, device=x.device)
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(b)
+        t = torch.as_tensor(0 if t is None else t, device=x.device)
+        t = t.expand(b) if t.ndim == 0 else t
         if t.shape != (b,):
             raise ValueError(f"unet.py: t must have shape ({b},), got {tuple(t.shape)}")
         return t
-
-
-def _check_config(in_ch, out_ch, width, mults, blocks, attn, mid_attn):
-    """Raise ValueError naming the first invalid constructor argument."""
-    if len(mults) < 2 or min(mults) < 1:
-        raise ValueError("unet.py: mults needs positive ints for at least one level and the "
-                         f"bottleneck, got {mults}")
-    if min(in_ch, out_ch, blocks) < 1:
-        raise ValueError("unet.py: in_ch, out_ch and blocks must be >= 1")
-    if width < 4 or width % 2:  # the time embedding has width/2 >= 2 frequencies
-        raise ValueError(f"unet.py: width must be even and >= 4, got {width}")
-    if len(attn) != len(mults) - 1:
-        raise ValueError(f"unet.py: attn needs one flag per level ({len(mults) - 1}), got {attn}")
-    if mid_attn not in MID_ATTN:
-        raise ValueError(f"unet.py: mid_attn must be one of {MID_ATTN}, got {mid_attn!r}")
 
 
 def build_unet(preset="tiny", **overrides):
@@ -333,8 +296,8 @@ def build_unet(preset="tiny", **overrides):
 
 
 # Our weight names -> the authors': their ResBlock is mlp.1 (the Linear after SiLU), block1.proj,
-# block2.proj, res_conv; a level is a ModuleList [block, block, attention, down/up]; attention
-# is Residual(PreNorm(fn)), so its norm is fn.norm and the attention itself fn.fn.to_*.
+# block2.proj, res_conv; a level is a ModuleList [block, block, attention, down/up]; attention is
+# Residual(PreNorm(fn)): its norm is fn.norm, the attention fn.fn.to_*.
 _TO_REFERENCE = [
     (r"^final_block\.", "final_res_block."),
     (r"\.time\.", ".mlp.1."), (r"\.conv1\.", ".block1.proj."), (r"\.conv2\.", ".block2.proj."),
@@ -349,23 +312,19 @@ _TO_REFERENCE = [
 def reference_name(name):
     """The authors' name of one of our weights, for a network of their layout (2 blocks per level,
     attention everywhere): e.g. downs.0.attn.qkv.weight -> downs.0.2.fn.fn.to_qkv.weight.
-
-    {reference_name(k): v for k, v in net.state_dict().items()} loads into their code.
-    """
+    {reference_name(k): v for k, v in net.state_dict().items()} loads into their code."""
     for pattern, repl in _TO_REFERENCE:
         name = re.sub(pattern, repl, name)
     return name
 
 
 def from_reference_state_dict(state_dict, variant="derain"):
-    """A UNet holding the weights of the authors' ConditionalUNet (e.g. a released .pth).
-
-    variant "derain": their conditional network (deraining, deblurring, SR, inpainting, ...);
-    "denoise": the denoising SDE's (input x only, softmax attention in the bottleneck). nf,
-    depth and the image channels are read from the weight shapes; names may carry a `module.`
-    prefix (DataParallel). A state_dict that does not fit raises a ValueError listing missing,
-    unexpected and mis-shaped names.
-    """
+    """A UNet holding the weights of the authors' ConditionalUNet (e.g. a released .pth): variant
+    "derain", their conditional network (deraining, deblurring, SR, inpainting, ...), or "denoise",
+    the denoising SDE's (input x only, softmax attention in the bottleneck). nf, depth and the image
+    channels are read from the weight shapes; names may carry a `module.` prefix (DataParallel). A
+    state_dict that does not fit raises a ValueError listing missing, unexpected and mis-shaped
+    names."""
     if variant not in ("derain", "denoise"):
         raise ValueError(f"unet.py: variant must be 'derain' or 'denoise', got {variant!r}")
     if not isinstance(state_dict, dict) or not all(

@@ -117,24 +117,6 @@ def test_sample_sweep_refuses_step_counts_the_checkpoint_cannot_run_before_any_r
         bench.main(["sample", "--checkpoint", str(cnn), "--device", "cpu"])
 
 
-def test_chain_table_reports_x0_hat_on_the_forward_process_and_along_the_chain(ablation, capsys):
-    """bench.py chain: a forward-process row at the indices of the smallest step count, one row per
-    step count with "-" where its chain does not pass, and a restored x_0 that is exactly what
-    bench.py sample reports for the same sampler, steps and seeds."""
-    path = next(ablation.glob("ir-sde-3-posterior-steps*/last.pt"))  # T = 10 in --quick
-    bench.main(["chain", "--checkpoint", str(path), "--device", "cpu", "--sample-steps", "5", "2"])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    assert lines[0].split(" | ")[1:3] == ["t = 10", "t = 5"]
-    forward, two, five = (line.strip("|").split(" | ") for line in lines[2:])
-    assert forward[0].strip().startswith("the forward process") and forward[-1].strip() == "-"
-    assert all(10 < float(cell) < 100 for cell in forward[1:3])
-    assert "2 posterior steps" in two[0] and "5 posterior steps" in five[0]
-    bench.main(["sample", "--checkpoint", str(path), "--device", "cpu", "--sample-steps", "2", "--samplers",
-                "posterior"])
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| posterior"))
-    assert two[-1].strip() == row.split(" | ")[3]
-
-
 def test_compare_scores_and_pictures_each_checkpoint(ablation, tmp_path, capsys):
     paths = [str(next(ablation.glob(f"{name}*/last.pt"))) for name in ("ir-sde-3-posterior-steps", "cnn-")]
     bench.main(["compare", "--checkpoints", *paths, "--device", "cpu", "--out", str(tmp_path)])

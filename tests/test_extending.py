@@ -49,7 +49,7 @@ def test_a_new_task_is_one_row(monkeypatch, tmp_path):
     quantise = lambda clean, rng: (clean * 4).round() / 4  # a stand-in for a JPEG generator in synthetic.py
     before = data.SyntheticPairs("derain", 2, 32, split="val")[1][0]
     monkeypatch.setitem(tasks.TASKS, "posterize", tasks.Task(quantise, quantise, lambda c, r: synthetic.fog(c, r),
-                                                             lam=10, eps=0.005, reference=(10, 0.005), val_seed=7))
+                                                             lam=10, eps=0.005, val_seed=7))  # no released weights
     train.main(["--task", "posterize", *QUICK, "--out", str(tmp_path / "run")])
     lq, gt = data.SyntheticPairs("posterize", 2, 32, split="val")[0]
     assert torch.equal(lq, data.quantize((gt * 4).round() / 4))  # its degradation, stored in 8 bits
@@ -57,6 +57,17 @@ def test_a_new_task_is_one_row(monkeypatch, tmp_path):
     sample.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--input", str(tmp_path / "run" / "unseen"),
                  "--out", str(tmp_path / "restored")])
     assert (tmp_path / "restored" / "metrics.json").is_file()
+
+
+def test_a_task_row_that_breaks_a_rule_is_told_which(monkeypatch):
+    """A val_seed another row has, or weights asked of a task the authors released none for."""
+    quantise = lambda clean, rng: (clean * 4).round() / 4
+    monkeypatch.setitem(tasks.TASKS, "posterize", tasks.Task(quantise, quantise, None, lam=10, eps=0.005, val_seed=1))
+    with pytest.raises(data.DataError, match=r"val_seed 1 is also derain's: each task's fixed val and unseen sets "
+                                             "need a seed of their own"):
+        data.SyntheticPairs("posterize", 2, 32, split="val")
+    with pytest.raises(data.DataError, match="the authors released no weights for posterize"):
+        checkpoint.reference_model({}, "their.pth", "posterize", "cpu")
 
 
 def test_every_task_seeds_its_validation_sets_with_a_number_of_its_own():
@@ -83,5 +94,22 @@ def test_a_new_sampler_is_one_function_in_samplers(monkeypatch, tmp_path):
     assert (tmp_path / "restored" / "trajectory" / "000.png").is_file()
     net, sde, config = checkpoint.load(tmp_path / "run" / "last.pt")
     pairs = [data.SyntheticPairs("derain", 2, 32, split="val")[k] for k in range(2)]
-    psnr_y, nfe = bench.restore_batch(net, sde, config, pairs, "twice", 2, torch.device("cpu"))
-    assert nfe == 4 and np.isfinite(psnr_y)  # 2 steps, 4 network evaluations
+    (_, steps, nfe, mean, _), = bench.sweep(net, sde, config, pairs, torch.device("cpu"), ["twice"], [2])
+    assert (steps, nfe) == (2, 4) and np.isfinite(mean["psnr_y"])  # 2 steps, 4 network evaluations
+
+
+def test_a_fork_that_breaks_a_contract_is_told_which(monkeypatch, tmp_path):
+    """A network class without `cond`, and a sampler without the samplers' arguments, are refused
+    with the rule they break, before any training or restoration."""
+
+    class NoCond(nn.Module):
+        def __init__(self, width=8):
+            super().__init__()
+
+    monkeypatch.setitem(checkpoint.NETWORKS, "nocond", NoCond)
+    monkeypatch.setitem(checkpoint.NETS, "nocond", ("nocond", dict(width=8)))
+    with pytest.raises(TypeError, match=r"built with its preset's keyword arguments plus cond \(bool"):
+        train.main(["--task", "derain", *QUICK, "--net", "nocond", "--out", str(tmp_path / "run")])
+    monkeypatch.setitem(irsde.SAMPLERS, "bare", lambda model, sde, x, mu, ts: x)
+    with pytest.raises(TypeError, match=r"sampler 'bare': every entry of irsde.SAMPLERS takes \(model, sde, x, mu"):
+        irsde.sample(None, irsde.IRSDE(), torch.zeros(1, 3, 4, 4), sampler="bare")

@@ -58,11 +58,11 @@ def test_init_from_the_authors_weights_and_from_a_checkpoint(tmp_path):
     authors_pth(tmp_path / "w.pth")
     net = checkpoint.load(tmp_path / "w.pth", task="derain")[0]
     fresh = type(net)(**{**net.config, "zero_out": True})
-    train.init_weights(fresh, tmp_path / "w.pth", "derain")
+    checkpoint.init_from(fresh, tmp_path / "w.pth", "derain")
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
     tiny = checkpoint.build(flags.fill_defaults(flags.parse(["--task", "derain", "--preset", "tiny"])), "cpu")[0]
     with pytest.raises(DataError, match="--net"):
-        train.init_weights(tiny, tmp_path / "w.pth", "derain")
+        checkpoint.init_from(tiny, tmp_path / "w.pth", "derain")
     # a train.py checkpoint: fine-tuning starts from its EMA weights
     fast = ["--task", "derain", "--preset", "tiny", "--crop", "32", "--batch", "2", "--val-images", "1",
             "--sample-steps", "2", "--T", "20", "--iters", "2"]
