@@ -1,4 +1,5 @@
-"""Benchmarks (never run as tests). Results go in RESULTS.md with the machine that produced them.
+"""Benchmarks (never run as tests). Results go in RESULTS.md with the machine that produced them;
+gpu_check.sh runs the ones that matter on a GPU in one go.
 
     python bench.py train [--device cuda] [--compile [MODE]] [--batch 4 16 64]  # images/s, TFLOP/s, MFU
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time against network evaluations
@@ -7,19 +8,13 @@
     python bench.py ablate [--quick] [--fp32] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
 
-`train` times full training steps (loss, backward, Adam, EMA) of presets at their batch and crop (or
---batch), in float32 and, where train.py picks it, bf16 autocast, and counts their FLOPs. `sample`
-restores the fixed `val` set with each sampler and step count, counting network evaluations (NFE).
-`compare` restores the same images with several checkpoints and
-draws them side by side. `reference` runs the authors' ConditionalUNet and IRSDE from a local checkout
-of their repository (nothing is downloaded) beside this code's paper network with the same weights.
-`ablate` trains the tiny recipe, its CNN baseline and one change per variant (the paper's Fig. 10,
-Fig. 11, Tables 1-4 and lambda), resuming an interrupted variant; then the samplers' sweep and the
-denoising start t* against the full process. `figures` draws assets/figures/*.png from it.
-gpu_check.sh runs the figures that matter on a GPU in one go.
+`sample` restores the fixed `val` set with each sampler and step count. `reference` runs the authors'
+ConditionalUNet and IRSDE from a local checkout of their repository (nothing is downloaded) beside
+this code's paper network with the same weights. `ablate` trains the variants of `ablation_variants`,
+resuming an interrupted one, then sweeps the samplers and runs the denoising start t* against the
+full process; `figures` draws assets/figures/*.png from it.
 """
 import argparse
-import importlib
 import importlib.util
 import itertools
 import json
@@ -50,21 +45,19 @@ def machine(device):
 
 
 def bench_train(args, device):
-    """Full training steps of each preset at its batch and crop (or --batch): images/s, the model
-    FLOPs of a step counted by torch.utils.flop_counter (forward and backward; the optimizer's
-    elementwise work is not counted), TFLOP/s, and MFU: that rate over the peak of a large matmul
-    in the same precision measured on this device (--peak: the card's datasheet bf16 figure instead).
-    The last column is the built-in data's rate in one loader worker: train.py needs the step's
-    images/s divided by it in --workers."""
-    peaks = {fp32: matmul_peak(device, torch.float32 if fp32 else torch.bfloat16) for fp32 in (True, False)}
-    if args.peak:
-        peaks[False] = args.peak * 1e12
+    """Full training steps (loss, backward, Adam, EMA) of each preset at its batch and crop (or --batch)
+    in float32 and, where train.py would use it, bf16 autocast: their ratio is the figure to compare.
+    Columns: images/s, the model FLOPs of a step (`step_flops`), TFLOP/s, and MFU: that rate over the
+    peak of a large matmul in the same precision measured on this device (--peak: the card's datasheet
+    bf16 figure instead). The last is the built-in data's rate in one loader worker: train.py needs the
+    step's images/s divided by it in --workers."""
+    peaks = {True: matmul_peak(device, torch.float32),
+             False: args.peak * 1e12 if args.peak else matmul_peak(device, torch.bfloat16)}
     print(f"{machine(device)}, torch {torch.__version__}; matmul peak {peaks[True] / 1e12:.1f} TFLOP/s fp32 "
           f"(measured), {peaks[False] / 1e12:.1f} bf16 ({'given' if args.peak else 'measured'})")
     print("| network | params | batch x crop | precision | img/s | GFLOP / image | TFLOP/s | MFU | peak memory "
           "| host syncs / step | data img/s per worker |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    # float32 and, where train.py would use it, bf16 autocast: their ratio is the figure to compare
     precisions = [fp32 for fp32 in (True, False) if fp32 or restore.use_bf16(device)]
     for preset, batch, fp32 in itertools.product(args.presets, args.batch or [None], precisions):
         targs = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", preset]))
@@ -87,8 +80,7 @@ def bench_train(args, device):
 
 
 def training_step(targs, device, compile_mode=None):
-    """(step, net): step() runs one training step of train.py's loop (loss, backward, Adam, EMA)
-    on a fixed batch of the built-in data."""
+    """(step, net): step() runs one step of train.py's loop (loss, backward, Adam, EMA) on a fixed batch."""
     torch.manual_seed(0)
     net, sde = checkpoint.build(targs, device)
     net = net.to(memory_format=torch.channels_last)  # as train.py
@@ -113,8 +105,9 @@ def fixed_batch(targs, device):
 
 
 def step_flops(step, steps=4):
-    """Model FLOPs of one call of the eager training step, counted (torch.utils.flop_counter) over a
-    few calls and averaged: with --t-draw chain(-any) a step's network evaluations vary with its indices."""
+    """Model FLOPs (forward and backward; not the optimizer's elementwise work) of one call of the eager
+    training step, counted by torch.utils.flop_counter over a few calls and averaged: with --t-draw
+    chain(-any) a step's network evaluations vary with its indices."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         for _ in range(steps):
@@ -147,11 +140,8 @@ def matmul_peak(device, dtype):
 def loader_rate(targs, n=64):
     """Training pairs per second that one loader worker makes (the built-in data at the run's crop)."""
     ds = data.make_dataset(targs.task, crop=targs.crop)
-    ds[0]
-    start = time.perf_counter()
-    for i in range(1, n + 1):
-        ds[i % len(ds)]
-    return n / (time.perf_counter() - start)
+    index = itertools.cycle(range(len(ds)))
+    return 1 / timed(lambda: ds[next(index)], torch.device("cpu"), 1, n)
 
 
 def sweep(net, sde, config, pairs, device, samplers, counts, **kwargs):
@@ -171,7 +161,12 @@ def sweep(net, sde, config, pairs, device, samplers, counts, **kwargs):
 
 def bench_sample(args, device):
     net, sde, config = checkpoint.load(args.checkpoint, device)
-    check_sweep(args.checkpoint, args.sample_steps, sde, config)
+    if sde is None:
+        raise data.DataError(f"{args.checkpoint}: the CNN baseline restores in one pass; it has no samplers to sweep")
+    t_start = restore.start_index(sde, config)  # T, or t* for a task with a noise level
+    bad = [n for n in args.sample_steps if not 1 <= n <= t_start]
+    if bad:  # refused before the first row
+        raise flags.UsageError(f"--sample-steps {' '.join(map(str, bad))}: {args.checkpoint} runs 1 to {t_start} steps")
     pairs = list(data.make_dataset(config["task"], crop=train.VAL_CROP, split="val"))
     print(f"| sampler | steps | NFE | PSNR-Y (dB) | PSNR (dB) | s / image | ({machine(device)}, {len(pairs)} images "
           f"{train.VAL_CROP}x{train.VAL_CROP}, {args.checkpoint})")
@@ -180,7 +175,8 @@ def bench_sample(args, device):
     print(f"| input (LQ) | 0 | 0 | {inputs['psnr_y']:.2f} | {inputs['psnr']:.2f} | - |")
     samplers = args.samplers or list(irsde.SAMPLERS)
     for sampler, steps, nfe, mean, seconds in sweep(net, sde, config, pairs, device, samplers, args.sample_steps):
-        print(f"| {sampler} | {steps} | {nfe} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |", flush=True)
+        print(f"| {sampler} | {steps} | {nfe} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |",
+              flush=True)
 
 
 def bench_compare(args, device):
@@ -196,7 +192,7 @@ def bench_compare(args, device):
     out = Path(args.out or "runs/compare")
     print(f"| model | set | PSNR-Y | SSIM-Y | GMSD | texture | colour shift (/255) | ({machine(device)})")
     print("|---|---|---|---|---|---|---|")
-    steps = args.sample_steps[0] if args.sample_steps else None  # None: each model's own
+    steps = args.sample_steps[0] if args.sample_steps else None
     for split in ("val", "unseen"):
         pairs = list(data.make_dataset(task, crop=train.VAL_CROP, split=split))
         outputs = [[lq.clamp(0, 1) for lq, _ in pairs]]
@@ -229,17 +225,6 @@ class Counted(torch.nn.Module):
         return self.net(x, mu, t)
 
 
-def check_sweep(path, steps, sde, config):
-    """Refuse, before the first row, step counts the checkpoint cannot run (1..T, or 1..t* for
-    a task with a noise level)."""
-    if sde is None:
-        raise data.DataError(f"{path}: the CNN baseline restores in one pass; it has no samplers to sweep")
-    t_start = restore.start_index(sde, config)
-    bad = [n for n in steps if not 1 <= n <= t_start]
-    if bad:
-        raise flags.UsageError(f"--sample-steps {' '.join(map(str, bad))}: {path} runs 1 to {t_start} steps")
-
-
 def load_reference(root):
     """(ConditionalUNet, IRSDE) classes from a checkout of the authors' repository at `root`."""
     modules = Path(root) / "codes/config/deraining/models/modules"
@@ -255,15 +240,14 @@ def load_reference(root):
 
 def timed(fn, device, warmup, reps):
     """Seconds per call of fn() after warm-up calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     for _ in range(warmup):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(reps):
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    sync()
     return (time.perf_counter() - start) / reps
 
 
@@ -332,14 +316,11 @@ def bench_reference(args, device):
               f"{batch_rate:.1f} |", flush=True)
 
 
-# ---- ablation: the paper's claims at laptop scale ---------------------------------------------
-
 def ablation_variants(lam):
-    """(name, task, train.py flags, seeds): the tiny recipe (3 posterior steps, trained on the sampler's
-    own chain) and its CNN baseline; the recipe with one change each: forward-process states, the
-    paper's ML loss, the paper's method (eq. 15 or noise matching, eq. 10, on forward states with a
-    noise output: the paper's Fig. 10), the schedules (Fig. 11) and lambda halved and doubled around
-    the task's `lam` (tasks.py); and the denoising SDE (Table 4)."""
+    """(name, task, train.py flags, seeds): the tiny recipe and its CNN baseline, then the recipe with one
+    change each, as named: the losses of the paper's Fig. 10 (its ML loss is eq. 15, noise matching
+    eq. 10), the schedules of Fig. 11, lambda halved and doubled around the task's `lam`, and the
+    denoising SDE of Table 4."""
     paper = ["--param", "noise", "--t-draw", "uniform"]
     return [
         ("IR-SDE, 3 posterior steps on its own chain (tiny recipe)", "derain", [], (0, 1)),
@@ -382,8 +363,7 @@ def train_variant(folder, task, extra, seed, args):
             return 0.0
         argv = ["--resume", str(last), "--device", args.device, *precision]
     else:
-        if (folder / "metrics.jsonl").exists():  # stopped before its first checkpoint: start again
-            (folder / "metrics.jsonl").unlink()
+        (folder / "metrics.jsonl").unlink(missing_ok=True)  # stopped before its first checkpoint: start again
         argv = ["--task", task, "--preset", "tiny", "--seed", str(seed), "--device", args.device,
                 "--val-every", str(args.val_every), "--out", str(folder), *extra,
                 *(QUICK_FLAGS if args.quick else []), *iters, *precision]
@@ -442,7 +422,8 @@ def ablation_table(rows):
     runs = [r for r in rows if r["kind"] == "run"]
     if runs:
         v, u = runs[0]["val"], runs[0]["unseen"]
-        lines.append(f"| input (LQ) | | | {scores(v, '_input')} | {scores(u, '_input')} | {v['shift_max_input']:.1f} | |")
+        lines.append(f"| input (LQ) | | | {scores(v, '_input')} | {scores(u, '_input')} | "
+                     f"{v['shift_max_input']:.1f} | |")
     lines += [f"| {r['variant']} | {r['seed']} | {r['step']} | {scores(r['val'])} | {scores(r['unseen'])} | "
               f"{r['val']['shift_max']:.1f} | {r['wall_s']:.0f} |" for r in runs]
     nfe = [r for r in rows if r["kind"] == "nfe"]
@@ -496,8 +477,6 @@ def write_ablation(root, rows):
     data.atomic_write(root / "ablate.md", lambda f: f.write(ablation_table(rows).encode()))
 
 
-# ---- figures ----------------------------------------------------------------------------------
-
 def bench_figures(args, device):
     root, out = Path(args.out or "runs/ablate"), Path(args.figures)
     if not (root / "ablate.jsonl").exists():
@@ -518,11 +497,10 @@ def bench_figures(args, device):
               ("lambda", [n for n in names if "3 posterior" in n or "lambda" in n])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), sharey=True)
     for ax, (title, chosen) in zip(axes, panels):
-        for name in chosen:
-            for seed in (0, 1):
-                if (name, seed) in runs:
-                    steps, psnr, _ = zip(*runs[name, seed]["curve"])
-                    ax.plot(steps, psnr, marker="o", label=f"{name}, seed {seed}")
+        for (name, seed), run in runs.items():
+            if name in chosen:
+                steps, psnr, _ = zip(*run["curve"])
+                ax.plot(steps, psnr, marker="o", label=f"{name}, seed {seed}")
         ax.axhline(next(iter(runs.values()))["val"]["psnr_y_input"], color="gray", ls=":", label="input")
         ax.set(title=title, xlabel="training step")
         ax.legend(fontsize=7)
@@ -565,14 +543,12 @@ def main(argv=None):
     p.add_argument("--compile", nargs="?", const="default", choices=flags.COMPILE_MODES,
                    help="torch.compile the network, in this mode (train; reduce-overhead: CUDA graphs)")
     p.add_argument("--batch", type=int, nargs="*", help="batch sizes to time (train; default: each preset's)")
-    p.add_argument("--peak", type=float, help="the device's bf16 peak in TFLOP/s for the MFU (train; default: "
-                   "a measured matmul)")
+    p.add_argument("--peak", type=float, help="bf16 peak TFLOP/s for the MFU (train; default: a measured matmul)")
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="train.py presets to time (train)")
     p.add_argument("--checkpoint", help="checkpoint to sample from (sample)")
     p.add_argument("--reference", help="a clone of the authors' repository, Algolzw/image-restoration-sde (reference)")
     p.add_argument("--checkpoints", nargs="*", help="checkpoints to compare (compare)")
-    p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS),
-                   help="samplers (sample; default: all)")
+    p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS), help="samplers (sample; default: all)")
     p.add_argument("--sample-steps", "--steps", type=int, nargs="*",
                    help="step counts (sample; default 100 50 20 10 5); compare: the first (default: each model's own)")
     p.add_argument("--quick", action="store_true", help="a few steps per variant on tiny crops (ablate; a smoke test)")

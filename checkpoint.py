@@ -1,5 +1,5 @@
-"""The checkpoint: what train.py writes, how train.py and sample.py read it, and the one function
-that upgrades older layouts. Also the networks a checkpoint can name.
+"""The checkpoint: what train.py writes, how train.py and sample.py read it (`upgrade` knows every
+older layout), and the networks it can name.
 
 A train.py checkpoint is a dict, written atomically with torch.save and read back with
 weights_only=True (plain data and tensors: a file that would run code is refused):
@@ -31,9 +31,8 @@ NETS = {name: ("unet", config) for name, config in unet.PRESETS.items()}  # --ne
 
 
 def build(args, device, saved=None):
-    """(net, sde) from train.py's settings: the CNN baseline has no SDE, and it and a task without a
-    condition (denoising) give the network no mu. saved: a resumed checkpoint's config["net"],
-    which wins over the --net preset's current definition (presets may change between versions)."""
+    """(net, sde) from train.py's settings (sde None for the CNN baseline). saved: a resumed checkpoint's
+    config["net"], which wins over the --net preset's current definition (presets may change)."""
     if saved is None:
         name, config = NETS[args.net]
         saved = dict(config, name=name, cond=tasks.TASKS[args.task].conditional and args.loss != "cnn")
@@ -179,9 +178,8 @@ def read_for_resume(path):
 
 
 def load(path, device="cpu", task=None):
-    """(net, sde, config) from a checkpoint: its network with the EMA weights (the raw weights if
-    there is no EMA) and its SDE, None for the CNN baseline. A plain state_dict of the authors'
-    ConditionalUNet (their released .pth files) needs `task`, which supplies their test settings."""
+    """(net, sde, config) from a checkpoint, with the EMA weights where it has them (sde None for the
+    CNN baseline). The authors' released .pth files (plain state_dicts) need `task`: their test settings."""
     ckpt = read(path, plain_ok=task is not None)
     if not isinstance(ckpt.get("config"), dict):
         return reference_model(ckpt, path, task, device)

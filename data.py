@@ -121,10 +121,10 @@ def list_images(path):
     return files
 
 
-def atomic_write(path, write, fsync=False):
+def atomic_write(path, write):
     """Write `path` all at once, e.g. atomic_write(path, lambda f: torch.save(state, f)), so that a
     reader sees the old file or the new one, never half: `write(f)` fills a hidden temporary file
-    next to `path`, which os.replace moves into place (after os.fsync when `fsync`). On any failure
+    next to `path`, which os.replace moves into place. On any failure
     the temporary file is removed, the target left untouched and the error re-raised, an OSError
     as DataError "<path>: cannot write (<reason>)"."""
     path = Path(path)
@@ -135,9 +135,6 @@ def atomic_write(path, write, fsync=False):
         with open(tmp, "xb") as f:
             created = True
             write(f)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
         os.replace(tmp, path)
         created = False
     except OSError as e:

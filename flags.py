@@ -1,8 +1,7 @@
 """train.py's flags, its three recipes (presets) and every check of the flags, run before any work.
 
-A run's settings come from here alone: the flags given, then the preset's values, then the task's
-row of tasks.TASKS (lambda, eps, its samplers); with --resume, the checkpoint's settings. Values a
-run cannot honour are refused with the flag named (UsageError), never capped or ignored.
+A run's settings come from the flags given, the preset, then the task's row of tasks.TASKS (with --resume,
+the checkpoint's); what a run cannot honour is refused naming the flag (UsageError), never capped or ignored.
 """
 import argparse
 import json
@@ -22,10 +21,9 @@ class UsageError(ValueError):
     """A flag or combination of flags the run cannot honour; the message names the flag."""
 
 
-# "paper": the reference recipe (PAPER.md §8), for a GPU. "tiny": a 2-core CPU in about 4 minutes.
-# "gpu": the tiny recipe scaled to one GPU for minutes, restoring with 10 posterior steps. What tiny and
-# gpu change against the paper, and why (PAPER.md §11: the paper's recipe scaled down does not restore):
-# README, "What the presets change".
+# "paper": the reference recipe (PAPER.md §8), for a GPU; "tiny": a 2-core CPU in about 4 minutes; "gpu":
+# tiny scaled to one GPU for minutes, restoring with 10 posterior steps. What they change and why (the
+# paper's recipe scaled down does not restore, PAPER.md §11): README, "What the presets change".
 PRESETS = {
     "paper": dict(net="paper", iters=700_000, batch=4, crop=128, lr=1e-4, milestones=[200_000, 400_000, 600_000],
                   ema=0.995, loss="ml", param="noise", t_draw="uniform", T=100, schedule="cosine",
@@ -45,10 +43,6 @@ RETIRED = ("loss_norm", "first_share", "grid_share", "weighting", "clip_x0")
 
 def parse(argv=None, doc=None):
     """The flags as given (None where not given); `settings` fills and checks them."""
-    return parser(doc).parse_args(argv)
-
-
-def parser(doc=None):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="preset defaults (explicit flags override):\n" + "\n".join(
                                     f"  {k}: {json.dumps(v)}" for k, v in PRESETS.items()))
@@ -68,13 +62,12 @@ def parser(doc=None):
                    "and on CPUs with native bf16)")
     p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
                    help="ml: eq. 15, the paper's; noise: eq. 10; cnn: the paper's CNN baseline (L1 from LQ to HQ); "
-                   "ml-posterior: eq. 15 with the posterior step's mean, weighted 1/B_t: the x0 error |x0_hat - x0|")
+                   "ml-posterior: eq. 15 with the posterior step's mean, weighted 1/B_t: |x0_hat - x0|")
     p.add_argument("--param", choices=["noise", "x0"], help="network output: the noise (paper), or x0 as a "
                    "residual from mu, clipped to [0, 1] when sampling")
     p.add_argument("--t-draw", choices=["uniform", "chain"],
-                   help="training indices and states: uniform on 1..T with x_t from the forward process (paper); "
-                   "chain: the --sample-steps indices restoration visits, x_t built by the sampler's own chain "
-                   "from x_T as restoration builds it")
+                   help="training indices and states: uniform on 1..T, x_t from the forward process (paper); "
+                   "chain: the --sample-steps indices restoration visits, x_t from the sampler's own chain")
     p.add_argument("--net", choices=checkpoint.NETS, help="network preset")
     p.add_argument("--max-sigma", type=float, help="lambda on the 0-255 scale (default per task: "
                    + ", ".join(f"{k} {v.lam:g}" for k, v in tasks.TASKS.items()) + ")")
@@ -90,12 +83,11 @@ def parser(doc=None):
                        if name == "val-every" else None)
     p.add_argument("--milestones", type=int, nargs="*", help="steps at which the learning rate halves")
     p.add_argument("--val-images", type=int, help=f"images validated (default: {data.DEFAULT_VAL_LEN})")
-    return p
+    return p.parse_args(argv)
 
 
 def settings(args):
-    """(args, checkpoint or None): the run's settings from the parsed flags, or from the checkpoint
-    given with --resume, every one checked."""
+    """(args, checkpoint or None): the run's settings, from the flags or --resume's checkpoint, all checked."""
     ckpt = None
     if args.resume:
         ckpt = checkpoint.read_for_resume(args.resume)
@@ -112,15 +104,13 @@ def settings(args):
 
 
 def fill_defaults(args):
-    """Unset flags take the preset's value, then the task's: its lambda and eps, and uniform indices
-    where restoration starts at the input's noise level (t* varies with it, Sec. 4.3). Two settings
-    follow from the others: the sampler (the task's over every index, its few-step one over fewer)
-    and clip_x0 (x0_hat clipped to [0, 1] where the network predicts x0)."""
+    """Unset flags take the preset's value, then the task's. The sampler (the task's over every index, its
+    few-step one over fewer) and clip_x0 (where the network predicts x0) follow from the others."""
     args.preset = args.preset or "paper"
     preset, task = PRESETS[args.preset], tasks.TASKS[args.task]
     args.seed = 0 if args.seed is None else args.seed
     args.val_images = data.DEFAULT_VAL_LEN if args.val_images is None else args.val_images
-    if task.noise_sigma is not None:  # restoration starts at t* of the input's noise level, never at T
+    if task.noise_sigma is not None:  # restoration starts at t* of the input's noise level (Sec. 4.3), never at T
         args.t_draw = args.t_draw or "uniform"
     if args.workers is None:  # the preset's loader workers, no more than this machine's cores
         args.workers = min(preset["workers"], usable_cores())
@@ -138,9 +128,8 @@ def usable_cores():
 
 
 def resume_args(given, ckpt, path):
-    """The checkpoint's settings. --out, --device, --compile, --fp32, --workers and --iters may change; any
-    other flag that differs from the checkpoint's value would be ignored, so it is refused, as is a run
-    that used a setting this version no longer has."""
+    """The checkpoint's settings, those of RESUME_MAY_CHANGE as given. Any other flag that differs would be
+    ignored, so it is refused, as is a run that used a setting this version no longer has."""
     saved = argparse.Namespace(**ckpt["config"]["args"])
     for key in ("task", "net", "loss", "param"):
         if getattr(given, key) is not None and getattr(given, key) != getattr(saved, key):
@@ -165,8 +154,7 @@ def resume_args(given, ckpt, path):
 
 def retired_settings(saved):
     """{name: value} of a checkpoint's settings that this version no longer offers, where they differ
-    from what it now implies: L1, no shares of draws at T or on the grid, 1/B_t weighting with
-    --loss ml-posterior (1 otherwise), x0_hat clipped with --param x0, indices uniform or on the chain."""
+    from what it now implies (`implied`, and indices uniform or on the chain)."""
     implied = dict(loss_norm="l1", first_share=0.0, grid_share=0.0,
                    weighting="x0" if saved.get("loss") == "ml-posterior" else "uniform",
                    clip_x0=saved.get("param") == "x0")

@@ -1,18 +1,12 @@
-"""The restoration tasks of PAPER.md §9, one row each: everything that differs between them.
-
-A row holds the task's degradations (how the built-in data makes a low-quality image from a clean
-one, per split), its SDE (lambda on the 0-255 scale and eps = e^{-theta_bar_T}; PAPER.md §5, §6),
-whether the network sees the LQ image mu (the denoising SDE does not: mu = x0 is unknown, Sec.
-4.3), its samplers and the seed of its fixed validation sets. A new task is one row here and its
-generator in synthetic.py; train.py, sample.py and the tests pick it up from the table. The rules
-a row keeps, each checked where it is used:
+"""The restoration tasks of PAPER.md §9, one row each: everything that differs between them. A new
+task is one row here and its generator in synthetic.py; train.py, sample.py and the tests pick it up
+from the table. The rules a row keeps, each checked where it is used:
 - a degradation is f(clean, rng) -> LQ, clean a (3, H, W) tensor in [0, 1], every random draw from
-  the numpy Generator rng; splits "train" (wide ranges), "val" (fixed; the paper's settings) and
-  "unseen" (fixed; a generator that train and val never call, or None: the val degradation on
-  photographs training never sees). Each calls synthetic's generators through the module at call
-  time, so that tests can watch which ones run;
-- val_seed is the task's own: no other row has it;
-- reference is the (lambda, eps) of the authors' test config, or None where they released no weights.
+  the numpy Generator rng; it calls synthetic's generators through the module at call time, so that
+  tests can watch which ones run;
+- unseen is a generator that train and val never call, or None: the val degradation on photographs
+  training never sees;
+- val_seed is the task's own: no other row has it.
 """
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -24,12 +18,12 @@ import synthetic
 class Task:
     train: Callable                      # degradation of the training pairs: wide ranges
     val: Callable                        # of the fixed validation set: the paper's setting
-    unseen: Optional[Callable]           # of the fixed unseen set: a model training never uses, or None
-    lam: float                           # lambda for training, 0-255 scale (the reference's configs)
+    unseen: Optional[Callable]           # of the fixed unseen set
+    lam: float                           # lambda for training, 0-255 scale (the reference's configs; PAPER.md §5, §6)
     eps: float                           # e^{-theta_bar_T}
-    val_seed: int                        # seeds the fixed val/unseen sets; unique, never reused
-    reference: Optional[tuple] = None    # (lambda, eps) of the authors' test config: their weights
-    conditional: bool = True             # the network sees mu; False: the denoising SDE, mu = x0 unknown
+    val_seed: int                        # seeds the fixed val/unseen sets
+    reference: Optional[tuple] = None    # (lambda, eps) of the authors' test config; None: they released no weights
+    conditional: bool = True             # the network sees the LQ image mu; False: the denoising SDE, mu = x0 unknown
     sampler: str = "posterior"           # the authors' sampler, over every index: posterior, the ODE for denoising
     few_step_sampler: str = "posterior"  # the sampler over fewer, respaced indices (PAPER.md §7)
     noise_sigma: Optional[float] = None  # its inputs' noise level: restoration starts at t* (Sec. 4.3)

@@ -10,14 +10,10 @@ is batch x GPUs while the learning rate stays as given):
 Resume (the checkpoint holds every setting and random state):
     python train.py --resume runs/derain/last.pt
 
-`main` reads top to bottom: flags (flags.py: presets, the task's row of tasks.py, every check), data,
-model, optimizer, then the loop: batch, loss, backward, step, EMA, log / validate and save. The loss
-is `batch_loss`, the paper's training step. `Run` holds checkpointing and stopping around the loop.
-Mixed precision is chosen by the device (restore.use_bf16): bf16 autocast on CUDA and on CPUs with
-native bf16, float32 elsewhere or with --fp32. Without --data it trains on built-in synthetic pairs
-and validates on two fixed sets.
+`main` reads top to bottom: flags (flags.py), data (without --data, built-in synthetic pairs and two
+fixed validation sets), model, optimizer, then the loop: batch, loss (`batch_loss`, the paper's training
+step), backward, step, EMA, log / validate and save, with `Run` checkpointing and stopping around it.
 """
-import contextlib
 import json
 import os
 import random
@@ -92,8 +88,8 @@ def main(argv=None):
               f"{world}, {args.iters} iterations, from step {step}\n{flags.describe(args)}", flush=True)
 
     # ---- the loop
-    with Run(out / "last.pt", rank, step, (net, ema, opt, sched, generator, config)) as run, \
-            open_log(out / "metrics.jsonl") if rank == 0 else contextlib.nullcontext() as log:
+    log = out / "metrics.jsonl"
+    with Run(out / "last.pt", rank, step, (net, ema, opt, sched, generator, config)) as run:
         pace = Pace(step)
         while step < args.iters and run.signal is None:
             lq, gt = (x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -131,11 +127,9 @@ def main(argv=None):
 # ---- the loss ----------------------------------------------------------------------------------
 
 def batch_loss(net, sde, args, lq, gt, generator):
-    """The loss of one batch (B, 3, H, W): the paper's training step (PAPER.md §6) draws t uniform on
-    1..T, x_t from the marginal (eq. 6), and takes the ML loss (eq. 15) of the network's noise. Each
-    of this project's variants branches off it once: --loss cnn / noise / ml-posterior, --param x0,
-    --t-draw chain (irsde.py, "beyond the paper"). The network runs under bf16 autocast where
-    restore.use_bf16 says so; the SDE arithmetic stays float32."""
+    """The loss of one batch (B, 3, H, W): the paper's training step (PAPER.md §6), from which each variant
+    (--loss cnn / noise / ml-posterior, --param x0, --t-draw chain; irsde.py, "beyond the paper") branches
+    off once. The network runs under bf16 autocast where restore.use_bf16 says so, the SDE in float32."""
     forward = restore.network(net, gt.device, bf16=restore.use_bf16(gt.device, args.fp32))
     if args.loss == "cnn":  # the paper's CNN baseline: the same network trained with L1 from LQ to HQ
         return F.l1_loss(lq + forward(lq, None, None), gt)
@@ -173,11 +167,9 @@ def setup_distributed(args):
 
 
 def datasets(args, rank):
-    """(train_set, {name: validation set}). Without --val: the fixed synthetic set "val" and the
-    "unseen" set, degraded by generators that training never uses, on photos it never sees.
-    Folders are decoded completely first, so that a damaged image stops the run before step 1
-    rather than when it is first drawn, hours in; validation images must be large enough for the
-    metrics (metrics.min_side)."""
+    """(train_set, {name: validation set}); without --val the fixed synthetic "val" and "unseen", degraded
+    by generators training never uses, on photos it never sees. Folders are decoded in full first: a
+    damaged image stops the run before step 1, not hours in, as does one too small for the metrics."""
     train_set = data.make_dataset(args.task, args.data, args.crop, args.seed, "train")
     splits = ["val"] if args.val else ["val", "unseen"]
     val_sets = {split: data.make_dataset(args.task, args.val, VAL_CROP, args.seed, split, n=args.val_images)
@@ -197,8 +189,7 @@ def datasets(args, rank):
 
 
 def optimizers(args, net):
-    """Adam (0.9, 0.99), fused where torch has it for the device; the learning rate halved at each
-    milestone; the EMA of the weights."""
+    """Adam (0.9, 0.99), fused where torch has it; the learning rate halved at each milestone; the EMA."""
     try:
         opt = torch.optim.Adam(net.parameters(), lr=args.lr, betas=(0.9, 0.99), fused=True)
     except RuntimeError:  # torch before 2.4 on the CPU
@@ -208,9 +199,8 @@ def optimizers(args, net):
 
 
 class EMA(AveragedModel):
-    """The exponential moving average of the weights and buffers, ema += (1 - decay) (w - ema), in
-    one foreach call. torch's EMA (AveragedModel with get_ema_multi_avg_fn) computes the same, but
-    copies its step counter to the GPU at every update, which makes the host wait for the GPU."""
+    """ema += (1 - decay) (w - ema) over weights and buffers in one foreach call: torch's EMA (AveragedModel with
+    get_ema_multi_avg_fn) computes the same, but copies its step counter to the GPU per update, a host wait."""
 
     def __init__(self, net, decay):
         super().__init__(net, use_buffers=True)
@@ -232,13 +222,11 @@ class EMA(AveragedModel):
 # ---- checkpointing and stopping ----------------------------------------------------------------
 
 class Run:
-    """Checkpointing and stopping around the training loop. Ctrl-C or SIGTERM, to the process or its
-    whole group, sets `signal`: the loop ends after its step, leaving the block saves last.pt, and
-    `finish` exits 128 + signal, so that `train.py ... && sample.py ...` stops. An exception first
-    saves the steps done since the last checkpoint and prints the --resume command; a NaN loss
-    (FloatingPointError) keeps the last good checkpoint. The loss is checked for NaN on the device
-    (`watch`) and read by the host only when the loop logs, validates or saves (`check_finite`):
-    a read every step would make the host wait for the GPU instead of queueing the next step."""
+    """Checkpointing and stopping around the loop. Ctrl-C or SIGTERM (to the process or its group) sets `signal`:
+    the loop ends after its step, leaving the block saves last.pt and `finish` exits 128 + signal, so that
+    `train.py ... && sample.py ...` stops. An exception first saves the steps since the last checkpoint and
+    prints the --resume command; a NaN loss (FloatingPointError) keeps the last good one. NaN is caught on the
+    device (`watch`) and read only to log, validate or save (`check_finite`): the host waits for the GPU then."""
 
     def __init__(self, path, rank, step, state):
         self.path, self.rank, self.step, self.saved, self.state, self.signal = path, rank, step, step, state, None
@@ -291,8 +279,7 @@ class Run:
 
 
 def finish(run, net, rank, world):
-    """After the loop: check that the DDP replicas agree, name the checkpoint, exit 128 + signal
-    when a signal stopped the run."""
+    """After the loop: check that the DDP replicas agree, name the checkpoint, exit 128 + signal if stopped."""
     if world > 1:
         checksum = torch.stack([p.detach().double().sum() for p in net.parameters()]).sum().reshape(1)
         gathered = [torch.zeros_like(checksum) for _ in range(world)]
@@ -310,21 +297,13 @@ def finish(run, net, rank, world):
 
 # ---- logging and validation --------------------------------------------------------------------
 
-def open_log(path):
-    """metrics.jsonl opened for appending; DataError naming it when that fails."""
-    try:
-        return open(path, "a")
-    except OSError as e:
-        raise data.DataError(f"{path}: cannot write ({e.strerror or e})") from e
-
-
 def log_row(log, row):
-    """Append one JSON line to metrics.jsonl; a full disk is a DataError naming the file."""
+    """Append one JSON line to the file `log` (metrics.jsonl); a full disk is a DataError naming it."""
     try:
-        log.write(json.dumps(row) + "\n")
-        log.flush()
+        with open(log, "a") as f:
+            f.write(json.dumps(row) + "\n")
     except OSError as e:
-        raise data.DataError(f"{log.name}: cannot write ({e.strerror or e})") from e
+        raise data.DataError(f"{log}: cannot write ({e.strerror or e})") from e
 
 
 def log_training(log, args, step, loss, lr, world, its):
@@ -336,9 +315,8 @@ def log_training(log, args, step, loss, lr, world, its):
 
 
 class Pace:
-    """Steps per second since the last reset (validation left out), and one estimate of the run's
-    time once 5 steps after the first (warm-up) or 20 s have passed: a recipe too long for the
-    machine says so within the first minute."""
+    """Steps per second since the last reset (validation left out), and one estimate of the run's time
+    after 5 steps past the first (warm-up) or 20 s: a recipe too long for the machine says so early."""
 
     def __init__(self, step):
         self.reset(step)
@@ -375,14 +353,12 @@ def duration(seconds):
 
 def log_validation(log, step, results):
     """One line per validation set; one metrics.jsonl row, the "unseen" scores prefixed unseen_."""
+    row = dict(step=step)
     for name, scores in results.items():
         print(f"{name:<6} {step:>7d} | PSNR {scores['psnr']:.2f} dB (input {scores['psnr_input']:.2f}) | "
               f"PSNR-Y {scores['psnr_y']:.2f} (input {scores['psnr_y_input']:.2f}) | SSIM {scores['ssim']:.4f} "
               f"(input {scores['ssim_input']:.4f}) | GMSD {scores['gmsd']:.4f} (input {scores['gmsd_input']:.4f}) | "
-              f"colour shift <= {scores['shift_max']:.1f}/255 "
-              f"(input {scores['shift_max_input']:.1f})", flush=True)
-    row = dict(step=step)
-    for name, scores in results.items():
+              f"colour shift <= {scores['shift_max']:.1f}/255 (input {scores['shift_max_input']:.1f})", flush=True)
         row.update(scores if name == "val" else {f"{name}_{k}": v for k, v in scores.items()})
     log_row(log, row)
 
