@@ -46,37 +46,47 @@ def machine(device):
 
 def bench_train(args, device):
     """Full training steps (loss, backward, Adam, EMA) of each preset at its batch and crop (or --batch)
-    in float32 and, where train.py would use it, bf16 autocast: their ratio is the figure to compare.
-    Columns: images/s, the model FLOPs of a step (`step_flops`), TFLOP/s, and MFU: that rate over the
-    peak of a large matmul in the same precision measured on this device (--peak: the card's datasheet
-    bf16 figure instead). The last is the built-in data's rate in one loader worker: train.py needs the
-    step's images/s divided by it in --workers."""
+    in float32 and, where train.py would use it, bf16 autocast; with --compile each also compiled, on the
+    next row, timed in alternating rounds with the eager step so that the machine's load falls on both
+    alike: the ratios are the figures to compare. Columns: images/s (the median round), the model FLOPs
+    of a step (`step_flops`), TFLOP/s, and MFU: that rate over the peak of a large matmul in the same
+    precision measured on this device (--peak: the card's datasheet bf16 figure instead); the graphs
+    torch.compile made; the built-in data's rate in one loader worker: train.py needs the step's
+    images/s divided by it in --workers."""
     peaks = {True: matmul_peak(device, torch.float32),
              False: args.peak * 1e12 if args.peak else matmul_peak(device, torch.bfloat16)}
     print(f"{machine(device)}, torch {torch.__version__}; matmul peak {peaks[True] / 1e12:.1f} TFLOP/s fp32 "
           f"(measured), {peaks[False] / 1e12:.1f} bf16 ({'given' if args.peak else 'measured'})")
     print("| network | params | batch x crop | precision | img/s | GFLOP / image | TFLOP/s | MFU | peak memory "
-          "| host syncs / step | data img/s per worker |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| host syncs / step | graphs compiled | data img/s per worker |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     precisions = [fp32 for fp32 in (True, False) if fp32 or restore.use_bf16(device)]
+    cuda = device.type == "cuda"
     for preset, batch, fp32 in itertools.product(args.presets, args.batch or [None], precisions):
         targs = flags.fill_defaults(flags.parse(["--task", "derain", "--preset", preset]))
         targs.fp32, targs.batch = fp32, batch or targs.batch
-        step, net = training_step(targs, device, args.compile)
-        flops = step_flops(training_step(targs, device)[0] if args.compile else step)  # counted eagerly
-        cuda = device.type == "cuda"
-        warmup, reps = (5, 20) if cuda else (1, 3 if preset == "paper" else 10)
+        flops = step_flops(training_step(targs, device)[0])  # counted eagerly
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()  # the graphs of this compiled step alone
+        steps = {mode: training_step(targs, device, mode) for mode in [None, args.compile][: 1 + bool(args.compile)]}
+        reps = 10 if cuda or preset == "tiny" else 1
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        seconds = timed(step, device, warmup, reps)
+        rounds = {mode: [] for mode in steps}
+        for k in range(4):  # round 0 warms up (and compiles)
+            for mode, (step, _) in steps.items():
+                rounds[mode].append(timed(step, device, 0, reps if k else 2))
         memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB" if cuda else "n/a (CPU)"
-        params = sum(p.numel() for p in net.parameters()) / 1e6
-        precision = "bf16 autocast" if restore.use_bf16(device, fp32) else "fp32"
-        print(f"| {preset} | {params:.1f} M | {targs.batch} x {targs.crop}^2 | {precision}"
-              f"{f' + compile {args.compile}' if args.compile else ''} | {targs.batch / seconds:.1f} | "
-              f"{flops / targs.batch / 1e9:.1f} | {flops / seconds / 1e12:.2f} | "
-              f"{flops / seconds / peaks[fp32]:.1%} | {memory} | {host_syncs(step, device)} | "
-              f"{loader_rate(targs):.0f} |", flush=True)
+        for mode, (step, net) in steps.items():
+            seconds = sorted(rounds[mode][1:])[1]
+            params = sum(p.numel() for p in net.parameters()) / 1e6
+            precision = ("bf16 autocast" if restore.use_bf16(device, fp32) else "fp32") + (
+                f" + compile {mode}" if mode else "")
+            graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] if mode else "-"
+            print(f"| {preset} | {params:.1f} M | {targs.batch} x {targs.crop}^2 | {precision} | "
+                  f"{targs.batch / seconds:.3g} | {flops / targs.batch / 1e9:.1f} | {flops / seconds / 1e12:.2f} | "
+                  f"{flops / seconds / peaks[fp32]:.1%} | {memory} | {host_syncs(step, device)} | {graphs} | "
+                  f"{loader_rate(targs):.0f} |", flush=True)
 
 
 def training_step(targs, device, compile_mode=None):
@@ -90,7 +100,7 @@ def training_step(targs, device, compile_mode=None):
     generator = torch.Generator(device).manual_seed(0)
 
     def step():
-        loss = train.batch_loss(model, sde, targs, lq, gt, generator)
+        loss = train.batch_loss(model, sde, targs, lq, gt, generator, net)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -57,7 +59,9 @@ def parse(argv=None, doc=None):
     p.add_argument("--seed", type=int, help="seeds every random source (default: 0)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES,
-                   help="torch.compile the network, in this mode (default: default; reduce-overhead adds CUDA graphs)")
+                   help="torch.compile the network's training call, in this mode (default: default; "
+                   "reduce-overhead adds CUDA graphs); the chain's calls, whose batch changes from call to call, "
+                   "run uncompiled")
     p.add_argument("--fp32", action="store_true", help="train in float32 (default: bf16 autocast on CUDA "
                    "and on CPUs with native bf16)")
     p.add_argument("--loss", choices=["ml", "ml-posterior", "noise", "cnn"],
@@ -191,6 +195,14 @@ def check_args(args):
     if "RANK" in os.environ and args.device.startswith("cuda:"):
         raise UsageError(f"--device {args.device}: under torchrun each process uses the GPU of its "
                          "LOCAL_RANK; pass --device cuda")
+    if args.compile and args.device == "cpu" and not shutil.which(cpp_compiler()):
+        raise UsageError(f"--compile on the CPU: torch.compile builds C++ there with {cpp_compiler()} (or $CXX), "
+                         "which this machine lacks; install it or drop --compile")
+
+
+def cpp_compiler():
+    """The C++ compiler torch.compile's CPU code is built with: $CXX, else clang++ on macOS and g++ elsewhere."""
+    return os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++")
 
 
 def check_device(name):

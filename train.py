@@ -94,7 +94,7 @@ def main(argv=None):
         while step < args.iters and run.signal is None:
             lq, gt = (x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                       for x in next(batches))
-            loss = batch_loss(model, sde, args, lq, gt, generator)
+            loss = batch_loss(model, sde, args, lq, gt, generator, net)
             run.watch(loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -126,11 +126,14 @@ def main(argv=None):
 
 # ---- the loss ----------------------------------------------------------------------------------
 
-def batch_loss(net, sde, args, lq, gt, generator):
+def batch_loss(trained, sde, args, lq, gt, generator, net=None):
     """The loss of one batch (B, 3, H, W): the paper's training step (PAPER.md §6), from which each variant
     (--loss cnn / noise / ml-posterior, --param x0, --t-draw chain; irsde.py, "beyond the paper") branches
-    off once. The network runs under bf16 autocast where restore.use_bf16 says so, the SDE in float32."""
-    forward = restore.network(net, gt.device, bf16=restore.use_bf16(gt.device, args.fp32))
+    off once. `trained` is the network as it trains (compiled, in DDP); `net`, the same module plain, makes
+    the chain's calls, which need no gradients (default: trained). The network runs under bf16 autocast where
+    restore.use_bf16 says so, the SDE in float32."""
+    bf16 = restore.use_bf16(gt.device, args.fp32)
+    forward = restore.network(trained, gt.device, bf16=bf16)
     if args.loss == "cnn":  # the paper's CNN baseline: the same network trained with L1 from LQ to HQ
         return F.l1_loss(lq + forward(lq, None, None), gt)
     mu = lq if tasks.TASKS[args.task].conditional else None  # None: the denoising SDE, mu = x0 (Sec. 4.3)
@@ -143,7 +146,10 @@ def batch_loss(net, sde, args, lq, gt, generator):
         ts = irsde.timesteps(sde, args.sample_steps)
         grid = torch.tensor(ts[:-1], device=device)
         t = grid[torch.randint(len(grid), (n,), generator=generator, device=device)]
-        x_t = irsde.chain_states(model, sde, mu, t, ts, args.sampler, generator, args.clip_x0)
+        # on the plain network: each call moves only the images still above their index, a batch size that
+        # changes from call to call and would make a compiled network recompile
+        plain = irsde.noise_model(restore.network(net or trained, device, bf16=bf16), sde, args.param)
+        x_t = irsde.chain_states(plain, sde, mu, t, ts, args.sampler, generator, args.clip_x0)
     noise_pred = model(x_t, mu, t)  # eps_phi(x_t, mu, t)
     if args.loss == "ml":  # the paper: eq. 15
         return sde.ml_loss(x_t, mu, gt, noise_pred, t)

@@ -252,12 +252,32 @@ def test_ema_is_torchs_ema_without_its_host_copy():
 
 
 def test_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
-    """--compile reduce-overhead (CUDA graphs) is passed to torch.compile; --compile alone is its default mode."""
+    """--compile reduce-overhead (CUDA graphs) is passed to torch.compile; --compile alone is its default mode.
+    On the CPU, where torch.compile builds C++, a machine without the compiler is refused before any work."""
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    with pytest.raises(flags.UsageError, match=r"--compile on the CPU: .* with no-such-compiler \(or \$CXX\), which"):
+        run(tmp_path / "none", "--compile", iters=1)
+    assert not (tmp_path / "none").exists()
+    monkeypatch.setenv("CXX", sys.executable)  # any program found on the machine passes
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, mode=None: modes.append(mode) or model)
     run(tmp_path / "a", "--compile", "reduce-overhead", iters=1)
     run(tmp_path / "b", "--compile", iters=1)
     assert modes == ["reduce-overhead", "default"]
+
+
+def test_compiled_chain_training_makes_one_graph(tmp_path, monkeypatch):
+    """--compile with a preset trained on the chain: the chain's calls move fewer images at each step,
+    batch sizes that would make a compiled network recompile (2 graphs after 3 steps, 3 after 8, before
+    they ran on the plain network), so the compiled one sees one shape: torch's dynamo counters count
+    one graph after 8 steps. The eager backend makes the same graphs without the minutes of a C++ build."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: real(model, backend="eager"))
+    monkeypatch.setenv("CXX", sys.executable)  # the eager backend builds no C++
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    run(tmp_path, "--compile", iters=8)  # FAST: the tiny preset, --t-draw chain
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
 
 
 def test_cli_exit_code_and_message(tmp_path):
