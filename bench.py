@@ -4,6 +4,7 @@ gpu_check.sh runs the ones that matter on a GPU in one go.
     python bench.py train [--device cuda] [--compile [MODE]] [--batch 4 16 64]  # images/s, TFLOP/s, MFU
     python bench.py sample --checkpoint runs/derain/last.pt  # PSNR-Y and time against network evaluations
     python bench.py compare --checkpoints runs/a/last.pt runs/b/last.pt  # PSNR-Y, GMSD, colour shift, a picture
+    python bench.py gallery --checkpoints runs/*/last.pt       # one picture: LQ | restored | GT for each task
     python bench.py reference --reference PATH [--device cuda]  # against the authors' code, same card
     python bench.py ablate [--quick] [--fp32] [--device cuda] [--net small --iters 20000]  # the paper's claims
     python bench.py figures                                  # plots of the ablation (needs matplotlib)
@@ -187,6 +188,24 @@ def bench_sample(args, device):
     for sampler, steps, nfe, mean, seconds in sweep(net, sde, config, pairs, device, samplers, args.sample_steps):
         print(f"| {sampler} | {steps} | {nfe} | {mean['psnr_y']:.2f} | {mean['psnr']:.2f} | {seconds:.3f} |",
               flush=True)
+
+
+def bench_gallery(args, device):
+    """One picture, a row per checkpoint (one per task): LQ | restored | GT of `val` image --index,
+    restored as validation restores it, each row labelled with its task and PSNR-Y."""
+    rows = []
+    for path in args.checkpoints:
+        net, sde, config = checkpoint.load(path, device)
+        lq, gt = data.make_dataset(config["task"], crop=train.VAL_CROP, split="val")[args.index]
+        out = restore.restore(net, sde, config, lq[None].to(device), generator=torch.Generator(device).manual_seed(0))
+        images = [lq.clamp(0, 1), out[0].float().cpu(), gt]
+        scores = [f"{metrics.psnr(x, gt, restore.VAL_BORDER, y=True):.1f} dB" for x in images[:2]]
+        labels = [f"{config['task']}: LQ {scores[0]}", f"restored {scores[1]}", "GT"]
+        rows += [restore.labelled(restore.strip(images), labels, train.VAL_CROP), torch.ones(3, restore.GAP, 1)]
+    width = rows[0].shape[2]
+    picture = torch.cat([row.expand(3, -1, width) for row in rows[:-1]], dim=1)
+    data.save_image(picture, Path(args.out or "runs/gallery.jpg"))
+    print(f"picture: {args.out or 'runs/gallery.jpg'} ({len(args.checkpoints)} rows, `val` image {args.index})")
 
 
 def bench_compare(args, device):
@@ -548,7 +567,7 @@ def save_figure(fig, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["train", "sample", "compare", "reference", "ablate", "figures"])
+    p.add_argument("what", choices=["train", "sample", "compare", "gallery", "reference", "ablate", "figures"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--compile", nargs="?", const="default", choices=flags.COMPILE_MODES,
                    help="torch.compile the network, in this mode (train; reduce-overhead: CUDA graphs)")
@@ -557,7 +576,8 @@ def main(argv=None):
     p.add_argument("--presets", nargs="*", default=["tiny", "paper"], help="train.py presets to time (train)")
     p.add_argument("--checkpoint", help="checkpoint to sample from (sample)")
     p.add_argument("--reference", help="a clone of the authors' repository, Algolzw/image-restoration-sde (reference)")
-    p.add_argument("--checkpoints", nargs="*", help="checkpoints to compare (compare)")
+    p.add_argument("--checkpoints", nargs="*", help="checkpoints to compare (compare), one per task (gallery)")
+    p.add_argument("--index", type=int, default=0, help="the `val` image shown (gallery)")
     p.add_argument("--samplers", nargs="*", choices=list(irsde.SAMPLERS), help="samplers (sample; default: all)")
     p.add_argument("--sample-steps", "--steps", type=int, nargs="*",
                    help="step counts (sample; default 100 50 20 10 5); compare: the first (default: each model's own)")
@@ -567,15 +587,16 @@ def main(argv=None):
     p.add_argument("--val-every", type=int, default=200, help="validation interval of each variant (ablate)")
     p.add_argument("--fp32", action="store_true", help="train every variant in float32 (ablate; default: "
                    "train.py's choice, bf16 on CUDA and on CPUs with bf16 instructions)")
-    p.add_argument("--out", help="ablation folder (ablate, figures; default runs/ablate)")
+    p.add_argument("--out", help="ablation folder (ablate, figures; default runs/ablate); picture (gallery; default "
+                   "runs/gallery.jpg); pictures' folder (compare; default runs/compare)")
     p.add_argument("--figures", default="assets/figures", help="where figures writes its PNG files")
     args = p.parse_args(argv)
-    needs = {"sample": "checkpoint", "compare": "checkpoints", "reference": "reference"}
+    needs = {"sample": "checkpoint", "compare": "checkpoints", "gallery": "checkpoints", "reference": "reference"}
     if args.what in needs and not getattr(args, needs[args.what]):
         p.error(f"{args.what} needs --{needs[args.what]}")
     if args.sample_steps is None and args.what == "sample":
         args.sample_steps = [100, 50, 20, 10, 5]
-    run = {"train": bench_train, "sample": bench_sample, "compare": bench_compare,
+    run = {"train": bench_train, "sample": bench_sample, "compare": bench_compare, "gallery": bench_gallery,
            "reference": bench_reference, "ablate": bench_ablate, "figures": bench_figures}[args.what]
     try:
         run(args, torch.device(args.device))

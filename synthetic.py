@@ -14,6 +14,7 @@ from PIL import Image, ImageDraw
 
 NOISE_SIGMA = 25 / 255  # section 9: denoising at sigma = 25
 SR_SCALE = 4  # section 9: 4x super-resolution
+MASK_SIDE = 128  # inpainting holes are sized in pixels of an image this large (the validation images)
 
 
 # ----------------------------------------------------------------------------- clean images
@@ -362,9 +363,12 @@ def _splat(acc, p, weight=1.0, offset=0):
 
 def motion_kernel(rng, wide=False):
     """Camera-shake kernel, (k, k) float32 summing to 1, k odd: a 64-step random walk (accelerations of
-    std `jitter`, cf. Boracchi & Foi 2012) scaled to `extent` px, splatted bilinearly. extent U(3, 15),
-    jitter 0.25; wide=True: extent U(2, 25), jitter U(0.1, 0.6) (nearly straight to tangled paths)."""
-    extent = rng.uniform(2, 25) if wide else rng.uniform(3, 15)
+    std `jitter`, cf. Boracchi & Foi 2012) scaled to `extent` px, splatted bilinearly. extent U(2, 6),
+    jitter 0.25; wide=True: extent U(1, 10), jitter U(0.1, 0.6) (nearly straight to tangled paths).
+    The extents are GoPro's relative to the image: its blur spans up to a few percent of a 1280-pixel
+    frame, and the built-in images are crops of 128 to 256 pixels of photographs (a 32-pixel training
+    crop then sees the whole kernel)."""
+    extent = rng.uniform(1, 10) if wide else rng.uniform(2, 6)
     jitter = rng.uniform(0.1, 0.6) if wide else 0.25
     v = _unit(rng.uniform(0, 2 * np.pi, 1))[0] + np.cumsum(rng.normal(0, jitter, (64, 2)), 0)
     p = np.cumsum(v, 0)
@@ -432,8 +436,10 @@ def upsample(img, size):
 
 def make_mask(h, w, rng, kind="thin", coverage=None):
     """Inpainting holes (H, W) bool, True = missing, shapes added until they cover `coverage`: "thin",
-    brush strokes 2-5 % of the image side wide (like RePaint/LaMa's thin masks), coverage U(0.1, 0.3)
-    by default; "thick", strokes 6-15 % wide mixed with boxes and ellipses, U(0.25, 0.45)."""
+    brush strokes 2.5-6.5 px wide (like RePaint/LaMa's thin masks on faces at 128 x 128), coverage
+    U(0.1, 0.3) by default; "thick", strokes 8-19 px wide mixed with boxes and ellipses 13-51 px a side,
+    U(0.25, 0.45). Sizes are in pixels of a MASK_SIDE-pixel image, whatever the image's size: a
+    training crop sees the holes of the validation images, not ones shrunk to its size."""
     if kind not in ("thin", "thick"):
         raise ValueError(f"unknown mask kind {kind!r}; expected 'thin' or 'thick'")
     lo, hi = (0.1, 0.3) if kind == "thin" else (0.25, 0.45)
@@ -441,7 +447,7 @@ def make_mask(h, w, rng, kind="thin", coverage=None):
     if not 0 <= coverage <= 0.9:
         raise ValueError(f"mask coverage must be in [0, 0.9], got {coverage}")
     mask = np.zeros((h, w), bool)
-    side = min(h, w)
+    side = MASK_SIDE
     target = coverage * h * w
     for _ in range(10_000):
         if np.count_nonzero(mask) >= target:
@@ -482,7 +488,7 @@ def _add_polyline(mask, pts, radius):
 
 
 def _add_blob(mask, rng, side):
-    """An axis-aligned box or an ellipse with sides 10-40 % of the image side."""
+    """An axis-aligned box or an ellipse with sides 10-40 % of `side`."""
     h, w = mask.shape
     ry, rx = rng.uniform(0.05, 0.2, 2) * side
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)

@@ -146,3 +146,12 @@ def test_train_counts_the_flops_of_forward_and_backward(capsys):
     bench.main(["train", "--presets", "tiny", "--batch", "2", "--device", "cpu"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny"))
     assert row.split(" | ")[2] == "2 x 32^2" and row.split(" | ")[7].endswith("%")
+
+
+def test_gallery_draws_a_row_per_checkpoint(ablation, tmp_path, capsys):
+    paths = [str(next(ablation.glob(f"{name}*/last.pt"))) for name in ("ir-sde-3-posterior-steps", "denoising")]
+    bench.main(["gallery", "--checkpoints", *paths, "--device", "cpu", "--out", str(tmp_path / "gallery.png")])
+    picture = data.load_image(tmp_path / "gallery.png")
+    row = bench.restore.LABEL_HEIGHT + bench.train.VAL_CROP
+    assert picture.shape[1:] == (2 * row + bench.restore.GAP, 3 * bench.train.VAL_CROP + 2 * bench.restore.GAP)
+    assert "2 rows" in capsys.readouterr().out

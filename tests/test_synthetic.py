@@ -308,3 +308,17 @@ def test_fog_raises_mean_and_lowers_local_contrast(seed):
     foggy = synthetic.fog(clean, rng)
     local = lambda img: (img[:, :, 1:] - img[:, :, :-1]).abs().mean()  # patchy fog adds
     assert foggy.mean() > clean.mean() and local(foggy) < local(clean)  # only smooth structure
+
+
+def test_degradations_are_sized_in_pixels_a_training_crop_can_see():
+    """Motion blur spans GoPro's share of the image (extent 2-6 px, 1-10 for training) and a 32-pixel
+    training crop holds a whole kernel; inpainting strokes are as wide on a 32-pixel crop as on the
+    128-pixel validation images (thin: 2.5-6.5 px), so they keep pixels 1 px inside their edges."""
+    for seed in range(40):
+        for wide, bound in ((False, 6), (True, 10)):
+            k = synthetic.motion_kernel(np.random.default_rng(seed), wide=wide)
+            rows, cols = np.nonzero(k > 1e-6)
+            assert max(np.ptp(rows), np.ptp(cols)) <= bound + 2 and k.shape[0] <= 32 // 2
+        mask = synthetic.make_mask(32, 32, np.random.default_rng(seed), "thin").numpy()
+        inside = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        assert inside.any(), seed
