@@ -116,8 +116,16 @@ def test_motion_blur_removes_high_frequencies(seed):
     white = torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(seed))
     # a line-like kernel keeps frequencies across its direction: < 0.75, ~0.45 typical
     assert high_freq_energy(synthetic.motion_blur(white, None, kernel=k)) < 0.75 * high_freq_energy(white)
-    clean = synthetic.dead_leaves(96, np.random.default_rng(seed))
-    assert psnr(synthetic.motion_blur(clean, np.random.default_rng(seed)), clean) < 36
+    # given an rng instead of a kernel, motion_blur draws its kernel as motion_kernel does
+    assert torch.equal(synthetic.motion_blur(white, np.random.default_rng(seed)),
+                       synthetic.motion_blur(white, None, kernel=k))
+
+
+def test_motion_blur_is_visible_on_dead_leaves():
+    """The val shake (2-6 px) costs a dead-leaves image about 22 dB PSNR in the median; one image of a
+    few large leaves shaken by 2 px can keep 40 dB, so the median of 16 images is what is held."""
+    cleans = [synthetic.dead_leaves(96, np.random.default_rng(s)) for s in range(16)]
+    assert np.median([psnr(synthetic.motion_blur(c, np.random.default_rng(s)), c) for s, c in enumerate(cleans)]) < 30
 
 
 def test_motion_blur_with_delta_kernel_is_identity():
