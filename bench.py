@@ -118,7 +118,7 @@ def fixed_batch(targs, device):
 def step_flops(step, steps=4):
     """Model FLOPs (forward and backward; not the optimizer's elementwise work) of one call of the eager
     training step, counted by torch.utils.flop_counter over a few calls and averaged: with --t-draw
-    chain(-any) a step's network evaluations vary with its indices."""
+    chain a step's network evaluations vary with its indices."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
         for _ in range(steps):
