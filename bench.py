@@ -204,8 +204,9 @@ def bench_gallery(args, device):
         rows += [restore.labelled(restore.strip(images), labels, train.VAL_CROP), torch.ones(3, restore.GAP, 1)]
     width = rows[0].shape[2]
     picture = torch.cat([row.expand(3, -1, width) for row in rows[:-1]], dim=1)
-    data.save_image(picture, Path(args.out or "runs/gallery.jpg"))
-    print(f"picture: {args.out or 'runs/gallery.jpg'} ({len(args.checkpoints)} rows, `val` image {args.index})")
+    out = Path(args.out or "runs/gallery.jpg")
+    data.save_image(picture, out)
+    print(f"picture: {out} ({len(args.checkpoints)} rows, `val` image {args.index})")
 
 
 def bench_compare(args, device):
