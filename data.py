@@ -493,13 +493,13 @@ class SyntheticPairs(_Pairs):
     """n (lq, gt) pairs, both (3, crop, crop): clean images degraded by degrade(task, ..., split).
 
     "train": clean = a random zoomed crop of a TRAIN_PHOTOS photo (p 0.4), dead leaves (p 0.3) or
-    a synthetic.procedural image (p 0.3), then one of the 8 flips/rotations; n is the nominal epoch
-    length. "val": fixed; even idx crops of VAL_PHOTOS, odd idx dead leaves. "unseen": fixed crops
-    of UNSEEN_PHOTOS. val and unseen ignore `seed` and the epoch: their 4-word seed sequences from
-    VAL_SEED never equal a training one (for seeds below 2**32), so each set is the same on every
-    run and disjoint from training data; their clean images are the same for every task. GT and LQ
-    are rounded to 8 bits like images read from PNG files, except a noisy input (denoising), which
-    stays unclamped floating point, as noise is.
+    a synthetic.procedural image (p 0.3), in the task's first colour_epochs a synthetic.flat_colour
+    image; then one of the 8 flips/rotations; n is the nominal epoch length. "val": fixed; even idx
+    crops of VAL_PHOTOS, odd idx dead leaves. "unseen": fixed crops of UNSEEN_PHOTOS. val and unseen
+    ignore `seed` and the epoch: their 4-word seed sequences from VAL_SEED never equal a training one
+    (for seeds below 2**32), so each set is the same on every run and disjoint from training data;
+    their clean images are the same for every task. GT and LQ are rounded to 8 bits like images read
+    from PNG files, except a noisy input (denoising), which stays unclamped floating point, as noise is.
     """
 
     def __init__(self, task, n, crop, seed=0, split="train"):
@@ -514,7 +514,7 @@ class SyntheticPairs(_Pairs):
     def _pair(self, epoch, idx):
         if self.split == "train":
             rng = np.random.default_rng([self.seed, epoch, idx])
-            clean = dihedral(self._train_clean(rng), int(rng.integers(8)))
+            clean = dihedral(self._train_clean(rng, epoch), int(rng.integers(8)))
         else:
             tag = SPLITS.index(self.split)  # 1 (val) or 2 (unseen)
             clean = self._held_out_clean(idx, tag)
@@ -523,7 +523,9 @@ class SyntheticPairs(_Pairs):
         noisy = tasks.TASKS[self.task].noise_sigma is not None
         return (lq if noisy else quantize(lq)), clean
 
-    def _train_clean(self, rng):
+    def _train_clean(self, rng, epoch):
+        if epoch < tasks.TASKS[self.task].colour_epochs:
+            return quantize(synthetic.flat_colour(self.crop, rng))
         u = rng.random()
         if u < 0.3:
             return quantize(synthetic.dead_leaves(self.crop, rng))

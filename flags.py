@@ -243,6 +243,8 @@ def describe(args):
         f"{args.loss} loss, {args.param} output, indices {args.t_draw}; SDE lambda {args.max_sigma:g}/255, "
         f"eps {args.eps:g}, T {args.T} {args.schedule}; restores with {args.sample_steps} {args.sampler} "
         f"step(s){', x0 clipped' if args.clip_x0 else ''}")
-    return (f"recipe ({args.preset}): {args.task} on {args.data or 'built-in synthetic pairs'}, net {args.net}, "
+    colour = tasks.TASKS[args.task].colour_epochs
+    pairs = "built-in synthetic pairs" + (f" (flat colours for the first {colour} epochs)" if colour else "")
+    return (f"recipe ({args.preset}): {args.task} on {args.data or pairs}, net {args.net}, "
             f"{loss}; batch {args.batch} of {args.crop} x {args.crop}, lr {args.lr:g} halved at "
             f"{args.milestones}, {args.iters} steps, EMA {args.ema:g}, seed {args.seed}")

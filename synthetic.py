@@ -1,6 +1,6 @@
 """Synthetic images for IR-SDE's built-in data (PAPER.md section 9): clean images (`dead_leaves`,
-Achddou et al. 2021, and `procedural`) and each task's degradations, documented with their
-parameter ranges; tasks.py says which split uses which.
+Achddou et al. 2021, `procedural`, `flat_colour`) and each task's degradations, documented with
+their parameter ranges; tasks.py says which split uses which.
 
 Images are float32 torch tensors (3, H, W) in [0, 1]. Every function is pure: all randomness is
 drawn from the numpy Generator `rng` passed in, so the same generator state gives bit-identical
@@ -126,6 +126,14 @@ def gaussian_blur(img, sigma):
     x = F.pad(img[None], (rad, rad, rad, rad), mode=mode)[0]
     x = sum(t * x[:, :, k:k + w] for k, t in enumerate(taps))
     return sum(t * x[:, k:k + h] for k, t in enumerate(taps))
+
+
+def flat_colour(size, rng):
+    """One colour, uniform in the RGB cube, shaded by a smooth field of +-0.1 (3 control points per
+    side): an image whose holes its surroundings predict, the first lesson of inpainting (tasks.py)."""
+    h, w = _hw(size)
+    colour = torch.from_numpy(rng.uniform(0, 1, (3, 1, 1))).float()
+    return (colour + torch.from_numpy(_smooth_field(h, w, rng, 3, -0.1, 0.1)).float()).clamp(0, 1)
 
 
 def procedural(size, rng):

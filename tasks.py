@@ -28,6 +28,7 @@ class Task:
     few_step_sampler: str = "posterior"  # the sampler over fewer, respaced indices (PAPER.md §7)
     noise_sigma: Optional[float] = None  # its inputs' noise level: restoration starts at t* (Sec. 4.3)
     scale: int = 1                       # the authors' test upsamples their LQ input by this (SR)
+    colour_epochs: int = 0               # built-in training data: its first epochs show synthetic.flat_colour only
 
 
 def _rain(clean, rng):  # light or heavy, 1/2 each (Rain100L / Rain100H-like)
@@ -59,8 +60,11 @@ TASKS = {
                     sampler="ode", few_step_sampler="ddim", noise_sigma=synthetic.NOISE_SIGMA),
     "sr": Task(_bicubic, _bicubic, None, lam=30, eps=0.005, reference=(30, 0.005), val_seed=4,
                scale=synthetic.SR_SCALE),
+    # flat colours first teach it to carry the surrounding colour into a hole; photographs and textures
+    # from the start teach it to fill every hole grey (RESULTS.md §12)
     "inpaint": Task(_inpaint_train, lambda c, r: synthetic.inpaint_mask(c, r, kind="thin"),
-                    lambda c, r: synthetic.inpaint_blobs(c, r), lam=30, eps=0.005, reference=(30, 0.005), val_seed=5),
+                    lambda c, r: synthetic.inpaint_blobs(c, r), lam=30, eps=0.005, reference=(30, 0.005), val_seed=5,
+                    colour_epochs=6),
     # the authors released no dehazing model: their SR and inpainting test lambda
     "dehaze": Task(lambda c, r: synthetic.haze(c, r, wide=True), lambda c, r: synthetic.haze(c, r),
                    lambda c, r: synthetic.fog(c, r), lam=30, eps=0.005, reference=(30, 0.005), val_seed=6),

@@ -1,5 +1,6 @@
 """Tests for data.py: image I/O, writing files, dataset layouts and their errors, the
 task -> degradation dispatch, datasets. The generators themselves: test_synthetic.py."""
+import dataclasses
 import errno
 import os
 import struct
@@ -598,9 +599,41 @@ def test_unseen_set_pinned():
     assert [int((ds[i][1] * 255).round().sum()) for i in (0, 1)] == [148257, 393063]
 
 
+def _clean_sources(monkeypatch):
+    calls = []
+    for name in ("flat_colour", "dead_leaves", "procedural"):
+        real = getattr(synthetic, name)
+        monkeypatch.setattr(synthetic, name, lambda *a, _name=name, _real=real: calls.append(_name) or _real(*a))
+    real_crop = data._photo_crop
+    monkeypatch.setattr(data, "_photo_crop", lambda *a: calls.append("photo") or real_crop(*a))
+    return calls
+
+
+def test_colour_epochs_show_flat_colours_first(monkeypatch):
+    calls = _clean_sources(monkeypatch)
+    monkeypatch.setitem(tasks.TASKS, "inpaint", dataclasses.replace(tasks.TASKS["inpaint"], colour_epochs=2))
+    ds = data.SyntheticPairs("inpaint", 40, 16, seed=3)
+    for epoch, expected in ((0, {"flat_colour"}), (1, {"flat_colour"}), (2, {"dead_leaves", "procedural", "photo"})):
+        calls.clear()
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            ds[i]
+        assert set(calls) == expected, epoch
+
+
+@pytest.mark.parametrize("task", tasks.TASKS)
+def test_only_rows_with_colour_epochs_draw_flat_colours(monkeypatch, task):
+    calls = _clean_sources(monkeypatch)
+    ds = data.SyntheticPairs(task, 20, 16, seed=4)
+    for i in range(len(ds)):
+        ds[i]
+    assert ("flat_colour" in calls) == (tasks.TASKS[task].colour_epochs > 0)
+
+
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_pairs_of_every_task_fast(task):
     ds = data.SyntheticPairs(task, 100, 64)
+    ds.set_epoch(tasks.TASKS[task].colour_epochs)  # past any flat colours: photographs and procedural images
     ds[0]
     t = time.process_time()
     for i in range(30):

@@ -212,6 +212,24 @@ def test_procedural_not_flat(seed, fn):
     assert img.std() > 0.03 and colours.shape[1] > 15
 
 
+@FEW
+@given(SEEDS)
+def test_flat_colour_is_one_colour_with_gentle_shading(seed):
+    img = synthetic.flat_colour((40, 56), np.random.default_rng(seed))
+    assert img.shape == (3, 40, 56) and img.dtype == torch.float32
+    assert torch.equal(img, synthetic.flat_colour((40, 56), np.random.default_rng(seed)))
+    assert 0 <= img.min() and img.max() <= 1
+    spread = img.flatten(1).max(1).values - img.flatten(1).min(1).values
+    assert (spread <= 0.2 + 1e-6).all() and spread.max() > 0.05  # shaded, not flat, not textured
+
+
+def test_flat_colours_fill_the_rgb_cube():
+    means = torch.stack([synthetic.flat_colour(16, np.random.default_rng(s)).mean((1, 2)) for s in range(400)])
+    counts = torch.histc(means, bins=4, min=0, max=1)  # every channel's quarter of [0, 1] is drawn
+    assert (counts > 0.15 * means.numel()).all()
+    assert abs(float(torch.corrcoef(means.T)[0, 1])) < 0.2  # channels drawn independently: not greys
+
+
 def test_procedural_fast():
     t = time.process_time()
     for s in range(40):

@@ -641,13 +641,15 @@ def test_training_images_smaller_than_the_crop_are_refused_before_step_1(tmp_pat
 
 
 @pytest.mark.parametrize("task", tasks.TASKS)
-def test_every_task_trains_with_its_tiny_recipe_and_restores(tmp_path, task):
+def test_every_task_trains_with_its_tiny_recipe_and_restores(tmp_path, capsys, task):
     """Each task's --preset tiny trains, validates and restores end to end through sample.py: images of
     the GT's shape with values in [0, 1]. A one-pair folder (SR: LQ stored at the GT's size, as the built-in
     pairs are) keeps validation quick."""
     pairs = write_pairs(tmp_path / "pairs", n=1, size=24)
     train.main(["--task", task, "--preset", "tiny", "--iters", "1", "--batch", "2", "--crop", "16",
                 "--T", "20", "--val", str(pairs), "--out", str(tmp_path / "run")])
+    flat_first = f"(flat colours for the first {tasks.TASKS[task].colour_epochs} epochs)"
+    assert (flat_first in capsys.readouterr().out) == (tasks.TASKS[task].colour_epochs > 0)  # the recipe says so
     sample.main(["--checkpoint", str(tmp_path / "run" / "last.pt"), "--input", str(pairs),
                  "--out", str(tmp_path / "restored"), "--device", "cpu"])
     restored, gt = data.load_image(tmp_path / "restored" / "0.png"), data.load_image(pairs / "GT" / "0.png")
