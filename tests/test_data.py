@@ -1,5 +1,6 @@
 """Tests for data.py: image I/O, writing files, dataset layouts and their errors, the
 task -> degradation dispatch, datasets. The generators themselves: test_synthetic.py."""
+import collections
 import dataclasses
 import errno
 import os
@@ -553,19 +554,24 @@ def test_unseen_set_uses_its_own_degradation(monkeypatch, task):
         ds[i]
 
 
-def test_training_draws_every_clean_source_and_both_rain_models(monkeypatch):
-    calls = {}
-    for name in ("dead_leaves", "procedural", "rain", "rain_streaks"):
+def _record_calls(monkeypatch, names):
+    """A list that gets the name of each synthetic.<name> called, and "photo" for each photograph crop."""
+    calls = []
+    for name in names:
         real = getattr(synthetic, name)
-        def record(*args, _name=name, _real=real, **kwargs):
-            calls[_name] = calls.get(_name, 0) + 1
-            return _real(*args, **kwargs)
-        monkeypatch.setattr(synthetic, name, record)
+        monkeypatch.setattr(synthetic, name,
+                            lambda *a, _name=name, _real=real, **k: calls.append(_name) or _real(*a, **k))
     real_crop = data._photo_crop
-    monkeypatch.setattr(data, "_photo_crop", lambda *a: calls.update(photo=calls.get("photo", 0) + 1) or real_crop(*a))
+    monkeypatch.setattr(data, "_photo_crop", lambda *a: calls.append("photo") or real_crop(*a))
+    return calls
+
+
+def test_training_draws_every_clean_source_and_both_rain_models(monkeypatch):
+    recorded = _record_calls(monkeypatch, ("dead_leaves", "procedural", "rain", "rain_streaks"))
     ds = data.SyntheticPairs("derain", 100, 32, seed=2)
     for i in range(len(ds)):
         ds[i]
+    calls = collections.Counter(recorded)
     assert all(15 <= calls[k] <= 50 for k in ("dead_leaves", "procedural", "photo"))
     assert 10 <= calls["rain"] <= 45 and calls["rain_streaks"] >= 55
 
@@ -599,18 +605,8 @@ def test_unseen_set_pinned():
     assert [int((ds[i][1] * 255).round().sum()) for i in (0, 1)] == [148257, 393063]
 
 
-def _clean_sources(monkeypatch):
-    calls = []
-    for name in ("flat_colour", "dead_leaves", "procedural"):
-        real = getattr(synthetic, name)
-        monkeypatch.setattr(synthetic, name, lambda *a, _name=name, _real=real: calls.append(_name) or _real(*a))
-    real_crop = data._photo_crop
-    monkeypatch.setattr(data, "_photo_crop", lambda *a: calls.append("photo") or real_crop(*a))
-    return calls
-
-
 def test_colour_epochs_show_flat_colours_first(monkeypatch):
-    calls = _clean_sources(monkeypatch)
+    calls = _record_calls(monkeypatch, ("flat_colour", "dead_leaves", "procedural"))
     monkeypatch.setitem(tasks.TASKS, "inpaint", dataclasses.replace(tasks.TASKS["inpaint"], colour_epochs=2))
     ds = data.SyntheticPairs("inpaint", 40, 16, seed=3)
     for epoch, expected in ((0, {"flat_colour"}), (1, {"flat_colour"}), (2, {"dead_leaves", "procedural", "photo"})):
@@ -623,7 +619,7 @@ def test_colour_epochs_show_flat_colours_first(monkeypatch):
 
 @pytest.mark.parametrize("task", tasks.TASKS)
 def test_only_rows_with_colour_epochs_draw_flat_colours(monkeypatch, task):
-    calls = _clean_sources(monkeypatch)
+    calls = _record_calls(monkeypatch, ("flat_colour", "dead_leaves", "procedural"))
     ds = data.SyntheticPairs(task, 20, 16, seed=4)
     for i in range(len(ds)):
         ds[i]
