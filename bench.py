@@ -381,9 +381,7 @@ def train_variant(folder, task, extra, seed, args):
     """Train one variant in `folder` with train.main; a finished run is kept, an interrupted one
     resumed. Returns (wall seconds of this call, 0 when nothing was left to train)."""
     last = folder / "last.pt"
-    recipe = flags.PRESETS["tiny"]
-    iters = (["--iters", str(args.iters), "--milestones",  # the learning-rate halvings scale with the budget
-              *(str(round(m * args.iters / recipe["iters"])) for m in recipe["milestones"])] if args.iters else [])
+    iters = ["--iters", str(args.iters)] if args.iters else []  # the learning-rate halvings scale with it
     iters += ["--net", args.net] if args.net else []
     precision = ["--fp32"] if args.fp32 else []  # float32 on any machine: the README's numbers exactly
     if last.exists():

@@ -83,9 +83,11 @@ def parse(argv=None, doc=None):
                    "in sample.py (tasks.py: posterior, the authors' sampler; for denoise the ODE, DDIM below T steps)")
     for name, kind in [("iters", int), ("batch", int), ("crop", int), ("lr", float), ("ema", float),
                        ("val-every", int), ("workers", int)]:
-        p.add_argument(f"--{name}", type=kind, help="validate and save a checkpoint every this many steps"
-                       if name == "val-every" else None)
-    p.add_argument("--milestones", type=int, nargs="*", help="steps at which the learning rate halves")
+        p.add_argument(f"--{name}", type=kind, help={
+            "val-every": "validate and save a checkpoint every this many steps",
+            "iters": "training steps; the preset's learning-rate halvings scale with them"}.get(name))
+    p.add_argument("--milestones", type=int, nargs="*", help="steps at which the learning rate halves "
+                   "(default: the preset's, at the same fractions of --iters)")
     p.add_argument("--val-images", type=int, help=f"images validated (default: {data.DEFAULT_VAL_LEN})")
     return p.parse_args(argv)
 
@@ -108,8 +110,9 @@ def settings(args):
 
 
 def fill_defaults(args):
-    """Unset flags take the preset's value, then the task's. The sampler (the task's over every index, its
-    few-step one over fewer) and clip_x0 (where the network predicts x0) follow from the others."""
+    """Unset flags take the preset's value, then the task's; the preset's milestones keep their fractions
+    of --iters. The sampler (the task's over every index, its few-step one over fewer) and clip_x0 (where
+    the network predicts x0) follow from the others."""
     args.preset = args.preset or "paper"
     preset, task = PRESETS[args.preset], tasks.TASKS[args.task]
     args.seed = 0 if args.seed is None else args.seed
@@ -118,6 +121,8 @@ def fill_defaults(args):
         args.t_draw = args.t_draw or "uniform"
     if args.workers is None:  # the preset's loader workers, no more than this machine's cores
         args.workers = min(preset["workers"], usable_cores())
+    if args.milestones is None and args.iters is not None:  # the lr halvings keep their place in the run
+        args.milestones = [max(1, round(m * args.iters / preset["iters"])) for m in preset["milestones"]]
     for key, value in {**preset, "max_sigma": task.lam, "eps": task.eps}.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -82,9 +82,9 @@ def test_ablate_budget_scales_the_learning_rate_halvings(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.train, "main", seen.append)
     args = bench.argparse.Namespace(iters=20000, net="small", device="cpu", val_every=200, quick=False, fp32=False)
     bench.train_variant(tmp_path / "run", "derain", ["--loss", "cnn"], 1, args)
-    argv = " ".join(seen[0])
-    assert "--iters 20000 --milestones 13757 17500 --net small" in argv and "--loss cnn" in argv
-    assert "--fp32" not in argv
+    run = bench.flags.fill_defaults(bench.flags.parse(seen[0]))
+    assert (run.iters, run.milestones, run.net, run.loss) == (20000, [13757, 17500], "small", "cnn")
+    assert not run.fp32
 
 
 def test_ablate_fp32_reaches_every_variant_run(tmp_path, monkeypatch):

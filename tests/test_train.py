@@ -71,8 +71,8 @@ def test_end_to_end_writes_checkpoint_log_and_picture(tmp_path):
 
 
 def test_resume_is_bit_identical(tmp_path):
-    straight = run(tmp_path / "a", iters=6)
-    run(tmp_path / "b", iters=3)
+    straight = run(tmp_path / "a", "--milestones", "2", "5", iters=6)
+    run(tmp_path / "b", "--milestones", "2", "5", iters=3)  # the halvings of the 6-step run
     train.main(["--resume", str(tmp_path / "b" / "last.pt"), "--iters", "6"])
     resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
     assert resumed["step"] == 6
@@ -518,6 +518,21 @@ def test_tiny_denoising_draws_uniform_indices():
     parse = lambda task: flags.fill_defaults(flags.parse(["--task", task, "--preset", "tiny"]))
     assert parse("derain").t_draw == "chain" and parse("denoise").t_draw == "uniform"
     assert parse("derain").sample_steps >= 3  # the quick start runs the reverse process, not one step
+
+
+def test_iters_moves_the_presets_learning_rate_halvings_with_it():
+    """A longer or shorter run halves its learning rate at the preset's fractions of its steps, not at
+    the preset's step numbers; --milestones as given wins, and no halving falls before step 1."""
+    parse = lambda *a: flags.fill_defaults(flags.parse(["--task", "deblur", "--preset", "tiny", *a]))
+    preset = flags.PRESETS["tiny"]
+    assert parse().milestones == preset["milestones"]
+    assert parse("--iters", str(16 * preset["iters"])).milestones == [16 * m for m in preset["milestones"]]
+    assert parse("--iters", "700").milestones == [482, 612]
+    assert parse("--iters", "5000", "--milestones", "10").milestones == [10]
+    assert parse("--iters", "5000", "--milestones").milestones == []
+    short = parse("--preset", "paper", "--iters", "2")
+    assert short.milestones == [1, 1, 2]
+    flags.check_args(short)
 
 
 def test_gpu_preset_trains_and_restores_with_the_full_reverse_process(tmp_path):
