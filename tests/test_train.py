@@ -527,7 +527,7 @@ def test_iters_moves_the_presets_learning_rate_halvings_with_it():
     preset = flags.PRESETS["tiny"]
     assert parse().milestones == preset["milestones"]
     assert parse("--iters", str(16 * preset["iters"])).milestones == [16 * m for m in preset["milestones"]]
-    assert parse("--iters", "700").milestones == [482, 612]
+    assert parse("--iters", "1000").milestones == [688, 875]
     assert parse("--iters", "5000", "--milestones", "10").milestones == [10]
     assert parse("--iters", "5000", "--milestones").milestones == []
     short = parse("--preset", "paper", "--iters", "2")
