@@ -259,10 +259,13 @@ def test_new_degradations_shape_dtype_range_determinism(name):
 
 @FEW
 @given(SEEDS, st.sampled_from(sorted(NEW_DEGRADATIONS)))
+@example(173673, "motion_blur_wide")  # a 1.5 px shake: 35.7 dB
 def test_new_degradations_degrade(seed, name):
+    """Each leaves the image below 35 dB, except the wide shake: its range starts at 1 px, which leaves
+    up to 44 dB (measured on 3000 images). Doing nothing, or 8-bit rounding alone, leaves 59 dB or more."""
     clean = synthetic.dead_leaves(96, np.random.default_rng(seed))
     lq = NEW_DEGRADATIONS[name](clean, np.random.default_rng([seed, 1]))
-    assert not torch.equal(lq, clean) and psnr(lq, clean) < 35
+    assert not torch.equal(lq, clean) and psnr(lq, clean) < (50 if name == "motion_blur_wide" else 35)
 
 
 def _record_streaks(monkeypatch):
